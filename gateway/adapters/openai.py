@@ -1,0 +1,109 @@
+"""Adapter for any server that speaks OpenAI's HTTP API: the bundled vLLM, remote vLLM, SGLang.
+
+Bodies pass through unchanged except `model`, so every parameter the engine accepts works, and
+streamed server-sent events are relayed byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from gateway.adapters.base import InferRequest, InferResponse
+from gateway.errors import BackendError, BackendTimeout, BackendUnavailable, GatewayError, InvalidRequest
+
+PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+
+
+def make_client(url: str, *, timeout_s: float, max_connections: int = 512) -> httpx.AsyncClient:
+    """One pooled client per upstream; `unix:///path.sock` URLs (BentoML's local wiring) work too."""
+    timeout = httpx.Timeout(timeout_s, connect=5.0)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    if url.startswith("unix://"):
+        transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix://"), limits=limits)
+        return httpx.AsyncClient(base_url="http://localhost", transport=transport, timeout=timeout)
+    return httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout, limits=limits)
+
+
+class OpenAIAdapter:
+    def __init__(self, name: str, client: httpx.AsyncClient, *, api_key: str | None = None) -> None:
+        self.name = name
+        self._client = client
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def predict(self, request: InferRequest) -> InferResponse:
+        body = {**request.payload, "model": request.model, "stream": False}
+        try:
+            r = await self._client.post(PATHS[request.task], json=body, headers=self._headers)
+        except httpx.TimeoutException:
+            raise BackendTimeout(self.name, self._client.timeout.read or 0) from None
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(self.name, _describe(exc)) from None
+        if r.status_code != 200:
+            raise self._upstream_error(r.status_code, r.content)
+        return InferResponse(body=r.json())
+
+    async def stream(self, request: InferRequest) -> AsyncIterator[bytes]:
+        body = {**request.payload, "model": request.model, "stream": True}
+        req = self._client.build_request("POST", PATHS[request.task], json=body, headers=self._headers)
+        try:
+            r = await self._client.send(req, stream=True)
+        except httpx.TimeoutException:
+            raise BackendTimeout(self.name, self._client.timeout.read or 0) from None
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(self.name, _describe(exc)) from None
+        try:
+            if r.status_code != 200:
+                raise self._upstream_error(r.status_code, await r.aread())
+            async for chunk in r.aiter_raw():
+                yield chunk
+        except httpx.TransportError as exc:
+            raise BackendError(self.name, f"stream broke off: {_describe(exc)}") from None
+        finally:
+            await r.aclose()
+
+    async def health(self) -> bool:
+        try:
+            r = await self._client.get("/health", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+    async def models(self) -> list[dict[str, Any]]:
+        r = await self._client.get("/v1/models", headers=self._headers, timeout=5.0)
+        r.raise_for_status()
+        return list(r.json().get("data", []))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _upstream_error(self, status: int, content: bytes) -> GatewayError:
+        """Client errors keep the engine's own message; server errors name this backend."""
+        message = _error_message(content)
+        if 400 <= status < 500:
+            err = InvalidRequest(message)
+            err.status = status
+            return err
+        if status == 503:
+            return BackendUnavailable(self.name, message)
+        return BackendError(self.name, f"HTTP {status}: {message}")
+
+
+def _error_message(content: bytes) -> str:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return content.decode(errors="replace").strip()[:500] or "no details"
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err.get("detail") or err)
+        return str(data.get("message") or err)
+    return str(data)
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,109 @@
+"""Every error the gateway answers with, and the one place they become responses.
+
+Routes raise these; `openai_error_response` renders them in OpenAI's shape on /v1 and
+`kserve_error_response` in KServe's shape on /v2.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+
+class GatewayError(Exception):
+    status: int = HTTPStatus.INTERNAL_SERVER_ERROR
+    type: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+
+class InvalidRequest(GatewayError):
+    status = HTTPStatus.BAD_REQUEST
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class ModelNotFound(GatewayError):
+    status = HTTPStatus.NOT_FOUND
+    type = "not_found_error"
+
+    def __init__(self, model: str, available: list[str]) -> None:
+        names = ", ".join(sorted(available)) or "none"
+        super().__init__(
+            f"The model '{model}' does not exist. Available models: {names}.",
+            param="model",
+            code="model_not_found",
+        )
+
+
+class BackendError(GatewayError):
+    """The backend answered, but with a failure of its own."""
+
+    status = HTTPStatus.BAD_GATEWAY
+    type = "backend_error"
+
+    def __init__(self, backend: str, detail: str, **kwargs: Any) -> None:
+        super().__init__(f"Backend '{backend}' failed: {detail}", **kwargs)
+        self.backend = backend
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot be reached, is not ready, or its circuit breaker is open."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    type = "service_unavailable"
+
+    def __init__(self, backend: str, detail: str, **kwargs: Any) -> None:
+        GatewayError.__init__(self, f"Backend '{backend}' is unavailable: {detail}", **kwargs)
+        self.backend = backend
+
+
+class BackendTimeout(BackendError):
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    type = "timeout"
+
+    def __init__(self, backend: str, timeout_s: float, **kwargs: Any) -> None:
+        GatewayError.__init__(
+            self, f"Backend '{backend}' did not answer within {timeout_s:g} s", **kwargs
+        )
+        self.backend = backend
+
+
+def openai_error_body(err: GatewayError) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": err.message,
+            "type": err.type,
+            "param": err.param,
+            "code": err.code or int(err.status),
+        }
+    }
+
+
+def openai_error_response(err: GatewayError) -> JSONResponse:
+    return JSONResponse(openai_error_body(err), status_code=err.status, headers=err.headers)
+
+
+def kserve_error_response(err: GatewayError) -> JSONResponse:
+    return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)

@@ -1,0 +1,106 @@
+"""Run a server process, restart it when it crashes, stop it cleanly on SIGTERM.
+
+BentoML starts this as the LLM service's custom command, so BentoML's proxy keeps one stable
+upstream address while the engine behind it may be restarted::
+
+    python -m runners.supervisor --max-restarts 5 -- python -m vllm.entrypoints.openai.api_server ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+log = logging.getLogger("runners.supervisor")
+
+
+class Supervisor:
+    """Keeps one child process running; `stop()` terminates it, waits, then kills."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        max_restarts: int = 5,
+        restart_window_s: float = 300.0,
+        backoff_s: float = 1.0,
+        stop_timeout_s: float = 30.0,
+    ) -> None:
+        self.command = list(command)
+        self.max_restarts = max_restarts
+        self.restart_window_s = restart_window_s
+        self.backoff_s = backoff_s
+        self.stop_timeout_s = stop_timeout_s
+        self._stopping = threading.Event()
+        self._child: subprocess.Popen[bytes] | None = None
+        self._restarts: list[float] = []
+
+    def run(self) -> int:
+        """Run until stopped (returns 0) or until the child crashes too often (returns its code)."""
+        while not self._stopping.is_set():
+            self._child = subprocess.Popen(self.command)
+            code = self._child.wait()
+            if self._stopping.is_set():
+                return 0
+            now = time.monotonic()
+            self._restarts = [t for t in self._restarts if now - t < self.restart_window_s]
+            if len(self._restarts) >= self.max_restarts:
+                log.error("child exited with %s; %d restarts in %.0f s, giving up",
+                          code, len(self._restarts), self.restart_window_s)
+                return code or 1
+            delay = self.backoff_s * 2 ** len(self._restarts)
+            self._restarts.append(now)
+            log.warning("child exited with %s; restarting in %.1f s", code, delay)
+            if self._stopping.wait(delay):
+                return 0
+        return 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+        child = self._child
+        if child is None or child.poll() is not None:
+            return
+        child.terminate()
+        try:
+            child.wait(self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("child ignored SIGTERM for %.0f s; killing it", self.stop_timeout_s)
+            child.kill()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runners.supervisor")
+    parser.add_argument("--max-restarts", type=int, default=5)
+    parser.add_argument("--restart-window", type=float, default=300.0)
+    parser.add_argument("--stop-timeout", type=float, default=30.0)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the command to run after --")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(message)s")
+    sup = Supervisor(
+        command,
+        max_restarts=args.max_restarts,
+        restart_window_s=args.restart_window,
+        stop_timeout_s=args.stop_timeout,
+    )
+
+    def on_signal(signum: int, _frame: object) -> None:
+        threading.Thread(target=sup.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = sup.run()
+    sup.stop()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

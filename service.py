@@ -1,0 +1,45 @@
+"""The bundle: a gateway (the entry service) in front of three runners.
+
+    bentoml serve service:Gateway
+
+Each runner is its own BentoML service, so on BentoCloud or Kubernetes each scales on its own.
+"""
+
+from __future__ import annotations
+
+import time
+
+import bentoml
+
+from gateway.app import create_app
+from gateway.bundle import bundled_router
+from runners.llm import LLM
+from runners.speech import Transcriber
+from runners.vision import ImageClassifier
+from settings import get_settings
+
+app = create_app()
+
+
+@bentoml.asgi_app(app, path="/")
+@bentoml.service(name="gateway", traffic={"timeout": 3600}, workers=get_settings().gateway.workers)
+class Gateway:
+    llm = bentoml.depends(LLM)
+    vision = bentoml.depends(ImageClassifier)
+    speech = bentoml.depends(Transcriber)
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        app.state.settings = settings
+        app.state.started_at = time.time()
+        app.state.router = bundled_router(
+            settings, llm_url=self.llm.client_url, vision=self.vision, speech=self.speech
+        )
+
+    async def __is_ready__(self) -> bool:
+        """Ready when every backend answers its own health check (vLLM's /health included)."""
+        return all((await app.state.router.health()).values())
+
+    @bentoml.on_shutdown
+    async def close(self) -> None:
+        await app.state.router.aclose()

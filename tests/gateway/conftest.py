@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from gateway.adapters.fake import FakeAdapter
+from gateway.app import create_app
+from gateway.registry import Registry, Route
+from gateway.router import Router
+from settings import Settings
+
+
+@pytest.fixture
+def llm() -> FakeAdapter:
+    return FakeAdapter("llm")
+
+
+@pytest.fixture
+def router(llm: FakeAdapter) -> Router:
+    routes = [Route("tiny-llm", "llm", "llm", "tiny-llm-upstream")]
+    return Router(Registry(routes), {"llm": llm})
+
+
+@pytest.fixture
+def client(router: Router) -> Iterator[TestClient]:
+    """The gateway's ASGI app in-process, over fake backends."""
+    app = create_app()
+    app.state.router = router
+    app.state.settings = Settings()
+    app.state.started_at = time.time()
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
