@@ -12,7 +12,7 @@ import time
 import bentoml
 
 from gateway.app import create_app
-from gateway.bundle import bundled_router
+from gateway.bundle import bundled_router, dependency_url
 from runners.llm import LLM
 from runners.speech import Transcriber
 from runners.vision import ImageClassifier
@@ -33,7 +33,7 @@ class Gateway:
         app.state.settings = settings
         app.state.started_at = time.time()
         app.state.router = bundled_router(
-            settings, llm_url=self.llm.client_url, vision=self.vision, speech=self.speech
+            settings, llm_url=dependency_url(type(self).llm), vision=self.vision, speech=self.speech
         )
 
     async def __is_ready__(self) -> bool:

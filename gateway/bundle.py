@@ -13,6 +13,14 @@ from runners.llm import served_name
 from settings import Settings
 
 
+def dependency_url(dependency: Any) -> str:
+    """The address BentoML wired a `bentoml.depends(...)` service at (a socket file on one host)."""
+    dependency.get()
+    if not dependency.url:
+        raise RuntimeError(f"{dependency.on.name} is not served by BentoML here; run `bentoml serve`")
+    return str(dependency.url)
+
+
 def model_name(tag: str) -> str:
     return tag.split(":")[0]
 

@@ -7,6 +7,7 @@ streamed server-sent events are relayed byte for byte.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,12 +20,19 @@ PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 
 
 def make_client(url: str, *, timeout_s: float, max_connections: int = 512) -> httpx.AsyncClient:
-    """One pooled client per upstream; `unix:///path.sock` URLs (BentoML's local wiring) work too."""
+    """One pooled client per upstream.
+
+    Besides http(s) URLs this takes the forms BentoML uses to wire services on one host:
+    `file:///path/x.sock` (a Unix socket) and `tcp://host:port`.
+    """
     timeout = httpx.Timeout(timeout_s, connect=5.0)
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    if url.startswith("unix://"):
-        transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix://"), limits=limits)
+    if url.startswith(("file://", "unix://")):
+        path = urllib.parse.unquote(urllib.parse.urlparse(url).path)
+        transport = httpx.AsyncHTTPTransport(uds=path, limits=limits)
         return httpx.AsyncClient(base_url="http://localhost", transport=transport, timeout=timeout)
+    if url.startswith("tcp://"):
+        url = "http://" + url.removeprefix("tcp://")
     return httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout, limits=limits)
 
 

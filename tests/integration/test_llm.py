@@ -19,9 +19,9 @@ def client(bundle_url: str) -> openai.OpenAI:
 def test_models_lists_all_three_modalities(client: openai.OpenAI) -> None:
     models = {m.id: m for m in client.models.list()}
     assert {"demo-llm", "demo-resnet", "demo-whisper"} <= set(models)
-    assert models[MODEL].model_extra == {"kind": "llm", "backend": "llm"} | {
-        k: v for k, v in (models[MODEL].model_extra or {}).items() if k not in ("kind", "backend")
-    }
+    assert (models[MODEL].model_extra or {})["kind"] == "llm"
+    assert (models["demo-resnet"].model_extra or {})["kind"] == "image"
+    assert (models["demo-whisper"].model_extra or {})["kind"] == "speech"
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:

@@ -19,6 +19,7 @@ def start_bundle(*, port: int | None = None, env: dict[str, str] | None = None) 
          "--host", "127.0.0.1"],
         ready=http_ok(f"{url}/readyz"),
         url=url,
+        fatal_log_lines=["Application startup failed"],
         env={"HF_HUB_OFFLINE": "1", **(env or {})},
         cwd=ROOT,
         timeout_s=420,

@@ -30,6 +30,7 @@ class ServerProcess:
         *,
         ready: Callable[[], bool],
         url: str = "",
+        fatal_log_lines: Sequence[str] = (),
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         timeout_s: float = 300.0,
@@ -38,6 +39,7 @@ class ServerProcess:
         self.command = list(command)
         self._ready = ready
         self.url = url
+        self.fatal_log_lines = tuple(fatal_log_lines)
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
         self.timeout_s = timeout_s
@@ -57,6 +59,9 @@ class ServerProcess:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             if self._ready():
                 return self
+            if any(line in self.log_path.read_text(errors="replace") for line in self.fatal_log_lines):
+                self.stop()
+                raise RuntimeError(f"{self.name} failed to start:\n{self.log_tail()}")
             time.sleep(0.5)
         self.stop()
         raise TimeoutError(f"{self.name} not ready after {self.timeout_s:.0f} s:\n{self.log_tail()}")
