@@ -37,8 +37,11 @@ class Gateway:
         )
 
     async def __is_ready__(self) -> bool:
-        """Ready when every backend answers its own health check (vLLM's /health included)."""
-        return all((await app.state.router.health()).values())
+        """Ready when the bundled runners answer their own health checks (vLLM's /health too).
+
+        Remote backends do not count: their breakers and fallbacks handle them, and GET /status
+        shows them."""
+        return bool(await app.state.router.ready())
 
     @bentoml.on_shutdown
     async def close(self) -> None:

@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import openai
+from gateway.api import audio, kserve, openai, status, vision
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -33,9 +33,8 @@ async def _on_gateway_error(request: Request, exc: Exception) -> Response:
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    err = InvalidRequest(exc.detail if exc.status_code != 404 else f"No route {request.url.path}")
-    err.status = exc.status_code
-    return _render(request, err)
+    detail = f"No route {request.url.path}" if exc.status_code == 404 else exc.detail
+    return _render(request, InvalidRequest(detail, status=exc.status_code))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
@@ -46,7 +45,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 def create_app() -> Starlette:
     """The routes only; the BentoML Gateway service puts `router` and `settings` on app.state."""
     return Starlette(
-        routes=[*openai.routes],
+        routes=[*openai.routes, *vision.routes, *audio.routes, *kserve.routes, *status.routes],
         exception_handlers={
             GatewayError: _on_gateway_error,
             HTTPException: _on_http_error,

@@ -2,6 +2,15 @@
 
 Routes raise these; `openai_error_response` renders them in OpenAI's shape on /v1 and
 `kserve_error_response` in KServe's shape on /v2.
+
+    GatewayError                 500
+    ├── InvalidRequest           400  (PayloadTooLarge 413, UnsupportedMediaType 415)
+    ├── ModelNotFound            404
+    ├── VersionNotFound          404
+    └── BackendError             502  names the backend
+        ├── BackendUnavailable   503
+        │   └── BreakerOpen      503  with Retry-After
+        └── BackendTimeout       504
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from starlette.responses import JSONResponse
 
 
 class GatewayError(Exception):
-    status: int = HTTPStatus.INTERNAL_SERVER_ERROR
+    status: int = HTTPStatus.INTERNAL_SERVER_ERROR.value
     type: str = "internal_error"
 
     def __init__(
@@ -23,8 +32,11 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
+        if status is not None:
+            self.status = status
         self.message = message
         self.param = param
         self.code = code
@@ -32,20 +44,20 @@ class GatewayError(Exception):
 
 
 class InvalidRequest(GatewayError):
-    status = HTTPStatus.BAD_REQUEST
+    status = HTTPStatus.BAD_REQUEST.value
     type = "invalid_request_error"
 
 
 class PayloadTooLarge(InvalidRequest):
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value
 
 
 class UnsupportedMediaType(InvalidRequest):
-    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE.value
 
 
 class ModelNotFound(GatewayError):
-    status = HTTPStatus.NOT_FOUND
+    status = HTTPStatus.NOT_FOUND.value
     type = "not_found_error"
 
     def __init__(self, model: str, available: list[str]) -> None:
@@ -57,10 +69,22 @@ class ModelNotFound(GatewayError):
         )
 
 
+class VersionNotFound(GatewayError):
+    status = HTTPStatus.NOT_FOUND
+    type = "not_found_error"
+
+    def __init__(self, model: str, version: str, versions: list[str]) -> None:
+        known = ", ".join(versions) or "none"
+        super().__init__(
+            f"The model '{model}' has no version '{version}' (versions: {known}).",
+            code="version_not_found",
+        )
+
+
 class BackendError(GatewayError):
     """The backend answered, but with a failure of its own."""
 
-    status = HTTPStatus.BAD_GATEWAY
+    status = HTTPStatus.BAD_GATEWAY.value
     type = "backend_error"
 
     def __init__(self, backend: str, detail: str, **kwargs: Any) -> None:
@@ -71,7 +95,7 @@ class BackendError(GatewayError):
 class BackendUnavailable(BackendError):
     """The backend cannot be reached, is not ready, or its circuit breaker is open."""
 
-    status = HTTPStatus.SERVICE_UNAVAILABLE
+    status = HTTPStatus.SERVICE_UNAVAILABLE.value
     type = "service_unavailable"
 
     def __init__(self, backend: str, detail: str, **kwargs: Any) -> None:
@@ -79,8 +103,20 @@ class BackendUnavailable(BackendError):
         self.backend = backend
 
 
+class BreakerOpen(BackendUnavailable):
+    """The backend's circuit breaker refuses calls for now (see gateway/breaker.py)."""
+
+    def __init__(self, backend: str, retry_after: str) -> None:
+        super().__init__(
+            backend,
+            f"its circuit breaker is open after repeated failures; retry after {retry_after} s",
+            code="circuit_open",
+            headers={"Retry-After": retry_after},
+        )
+
+
 class BackendTimeout(BackendError):
-    status = HTTPStatus.GATEWAY_TIMEOUT
+    status = HTTPStatus.GATEWAY_TIMEOUT.value
     type = "timeout"
 
     def __init__(self, backend: str, timeout_s: float, **kwargs: Any) -> None:

@@ -4,6 +4,10 @@ BentoML starts `__command__` (our supervisor wrapping vLLM) and proxies every re
 reaches this service to it, so the full OpenAI surface (chat, completions, tools, structured
 output, /metrics) is vLLM's. The gateway talks to it with the same OpenAI adapter it uses for
 remote vLLM or SGLang servers.
+
+vLLM inherits BentoML's PROMETHEUS_MULTIPROC_DIR, so its own metrics
+(vllm:time_to_first_token_seconds, vllm:num_requests_running, ...) are part of the /metrics
+that BentoML serves.
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ def engine_command(settings: LLMSettings, model_path: str, served_name: str) -> 
         cmd += ["--max-model-len", str(settings.max_model_len)]
     if _has_cuda():
         cmd += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
-    cmd.append("--enable-prefix-caching" if settings.enable_prefix_caching else "--no-enable-prefix-caching")
+    cmd.append(
+        "--enable-prefix-caching"
+        if settings.enable_prefix_caching
+        else "--no-enable-prefix-caching"
+    )
     cmd += ["--disable-uvicorn-access-log", *settings.extra_args]
     return cmd
 

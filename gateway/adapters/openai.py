@@ -14,7 +14,13 @@ from typing import Any
 import httpx
 
 from gateway.adapters.base import InferRequest, InferResponse
-from gateway.errors import BackendError, BackendTimeout, BackendUnavailable, GatewayError, InvalidRequest
+from gateway.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    GatewayError,
+    InvalidRequest,
+)
 
 PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 
@@ -26,7 +32,9 @@ def make_client(url: str, *, timeout_s: float, max_connections: int = 512) -> ht
     `file:///path/x.sock` (a Unix socket) and `tcp://host:port`.
     """
     timeout = httpx.Timeout(timeout_s, connect=5.0)
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
     if url.startswith(("file://", "unix://")):
         path = urllib.parse.unquote(urllib.parse.urlparse(url).path)
         transport = httpx.AsyncHTTPTransport(uds=path, limits=limits)
@@ -56,7 +64,9 @@ class OpenAIAdapter:
 
     async def stream(self, request: InferRequest) -> AsyncIterator[bytes]:
         body = {**request.payload, "model": request.model, "stream": True}
-        req = self._client.build_request("POST", PATHS[request.task], json=body, headers=self._headers)
+        req = self._client.build_request(
+            "POST", PATHS[request.task], json=body, headers=self._headers
+        )
         try:
             r = await self._client.send(req, stream=True)
         except httpx.TimeoutException:
@@ -89,28 +99,26 @@ class OpenAIAdapter:
         await self._client.aclose()
 
     def _upstream_error(self, status: int, content: bytes) -> GatewayError:
-        """Client errors keep the engine's own message; server errors name this backend."""
-        message = _error_message(content)
+        """Client errors keep the engine's message and param; server errors name the backend."""
+        message, param = _error_fields(content)
         if 400 <= status < 500:
-            err = InvalidRequest(message)
-            err.status = status
-            return err
+            return InvalidRequest(message, param=param, status=status)
         if status == 503:
             return BackendUnavailable(self.name, message)
         return BackendError(self.name, f"HTTP {status}: {message}")
 
 
-def _error_message(content: bytes) -> str:
+def _error_fields(content: bytes) -> tuple[str, str | None]:
+    """(message, param) from an OpenAI-shaped error body, or the body's text."""
     try:
         data = json.loads(content)
     except ValueError:
-        return content.decode(errors="replace").strip()[:500] or "no details"
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            return str(err.get("message") or err.get("detail") or err)
-        return str(data.get("message") or err)
-    return str(data)
+        return content.decode(errors="replace").strip()[:500] or "no details", None
+    err = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(err, dict):
+        param = err.get("param")
+        return str(err.get("message") or err.get("detail") or err), param and str(param)
+    return str(err), None
 
 
 def _describe(exc: Exception) -> str:

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
+import re
+import time
+
 import httpx
 import openai
+import psutil
 import pytest
 
 pytestmark = pytest.mark.integration
 
 MODEL = "demo-llm"
+HELLO = [{"role": "user", "content": "Say hello"}]
 
 
 @pytest.fixture(scope="module")
 def client(bundle_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{bundle_url}/v1", api_key="unused", max_retries=0)
+
+
+def metric(bundle_url: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples on the bundle's /metrics whose labels include `labels`."""
+    text = httpx.get(f"{bundle_url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(\{{.*\}})? (\S+)$", line)
+        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
 
 
 def test_models_lists_all_three_modalities(client: openai.OpenAI) -> None:
@@ -25,28 +43,214 @@ def test_models_lists_all_three_modalities(client: openai.OpenAI) -> None:
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello"}], max_tokens=8
-    )
-    assert r.object == "chat.completion"
+    r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8)
+    assert r.object == "chat.completion" and r.model == MODEL
     assert r.choices[0].message.role == "assistant"
     assert isinstance(r.choices[0].message.content, str)
     assert r.usage is not None and 1 <= r.usage.completion_tokens <= 8
 
 
-def test_chat_completion_stream(client: openai.OpenAI) -> None:
+def test_chat_completion_stream_with_usage(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Count"}], max_tokens=8, stream=True
+        model=MODEL,
+        messages=HELLO,
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
-    assert chunks and all(c.object == "chat.completion.chunk" for c in chunks)
-    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 8
+    assert chunks[-2].choices[0].finish_reason == "length"
 
 
-def test_unknown_model_is_404_in_openai_shape(bundle_url: str) -> None:
-    r = httpx.post(
-        f"{bundle_url}/v1/chat/completions",
-        json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+def test_sse_framing_ends_with_done(bundle_url: str) -> None:
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 4, "stream": True}
+    with httpx.stream("POST", f"{bundle_url}/v1/chat/completions", json=body) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [e for e in r.read().decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    assert all(json.loads(e[6:])["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+def test_completions_plain_and_stream(client: openai.OpenAI) -> None:
+    r = client.completions.create(model=MODEL, prompt="The harbour", max_tokens=6)
+    assert r.object == "text_completion" and isinstance(r.choices[0].text, str)
+    chunks = list(
+        client.completions.create(model=MODEL, prompt="The harbour", max_tokens=6, stream=True)
     )
-    assert r.status_code == 404
-    assert "demo-llm" in r.json()["error"]["message"]
+    assert "".join(c.choices[0].text for c in chunks if c.choices)
+
+
+def test_n_returns_that_many_choices(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=4, n=2, temperature=1.0
+    )
+    assert sorted(c.index for c in r.choices) == [0, 1]
+
+
+def test_seed_makes_sampling_reproducible(client: openai.OpenAI) -> None:
+    def sample(seed: int) -> str | None:
+        r = client.chat.completions.create(
+            model=MODEL, messages=HELLO, max_tokens=16, temperature=1.0, seed=seed
+        )
+        return r.choices[0].message.content
+
+    assert sample(1234) == sample(1234)
+
+
+def test_stop_sequence_ends_the_text_before_it(client: openai.OpenAI) -> None:
+    prompt = "Once upon a time"
+    full = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0)
+    text = full.choices[0].text
+    stop = text[len(text) // 2 :][:3]
+    assert stop.strip(), f"need a visible stop string from {text!r}"
+    r = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stop=[stop]
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].text == text[: text.index(stop)]
+
+
+def test_json_schema_response_parses_and_validates(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green"]}},
+        "required": ["ok", "color"],
+        "additionalProperties": False,
+    }
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=HELLO,
+        max_tokens=64,
+        temperature=0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema, "strict": True},
+        },
+    )
+    data = json.loads(r.choices[0].message.content or "")
+    assert set(data) == {"ok", "color"}
+    assert isinstance(data["ok"], bool) and data["color"] in ("red", "green")
+
+
+def test_32_concurrent_streams_all_finish(client: openai.OpenAI) -> None:
+    def run(i: int) -> tuple[str, int]:
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": f"stream {i}"}],
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        finish = next(
+            c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+        )
+        usage = chunks[-1].usage
+        return str(finish), usage.completion_tokens if usage else 0
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(run, range(32)))
+    assert len(results) == 32
+    assert all(finish in ("length", "stop") and tokens >= 1 for finish, tokens in results)
+
+
+def test_unknown_model_is_404_naming_the_available_ones(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="nope", messages=HELLO)
+    err = exc.value.body
+    assert isinstance(err, dict) and "demo-llm" in err["message"] and err["param"] == "model"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"temperature": -1}, {"max_tokens": -5}, {"n": 0}, {"top_p": 7}],
+    ids=["temperature", "max_tokens", "n", "top_p"],
+)
+def test_out_of_range_parameters_are_400(client: openai.OpenAI, params: dict[str, float]) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=MODEL, messages=HELLO, **params)  # type: ignore[call-overload]
+    assert isinstance(exc.value.body, dict) and exc.value.body["message"]
+
+
+def test_prompt_longer_than_the_context_is_400(client: openai.OpenAI) -> None:
+    long_prompt = "harbour knowledge " * 2000
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=MODEL, prompt=long_prompt, max_tokens=4)
+    assert "context" in str(exc.value).lower() or "length" in str(exc.value).lower()
+
+
+def test_engine_metrics_are_on_the_bundle_metrics(bundle_url: str) -> None:
+    text = httpx.get(f"{bundle_url}/metrics", timeout=10).text
+    for family in (
+        "vllm:time_to_first_token_seconds",
+        "vllm:inter_token_latency_seconds",
+        "vllm:request_queue_time_seconds",
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+    ):
+        assert f"# TYPE {family}" in text, family
+
+
+def test_client_disconnect_aborts_the_generation_upstream(bundle_url: str) -> None:
+    max_tokens = 1000
+    generated_before = metric(bundle_url, "vllm:generation_tokens_total")
+    body = {
+        "model": MODEL,
+        "prompt": "Tell a long story",
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{bundle_url}/v1/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert metric(bundle_url, "vllm:num_requests_running") >= 1
+    deadline = time.monotonic() + 20
+    while metric(bundle_url, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(bundle_url, "vllm:num_requests_running") == 0
+    generated = metric(bundle_url, "vllm:generation_tokens_total") - generated_before
+    assert generated < max_tokens / 2, f"{generated} tokens: the engine kept generating"
+
+
+def engine_process() -> psutil.Process:
+    """The bundled vLLM server: the child of the LLM runner's supervisor."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if (
+            "vllm.entrypoints.openai.api_server" in cmdline
+            and "--served-model-name demo-llm" in cmdline
+        ):
+            parent = proc.parent()
+            if parent and "runners.supervisor" in " ".join(parent.cmdline()):
+                return proc
+    raise LookupError("no supervised vLLM process found")
+
+
+def test_engine_crash_is_503_naming_the_backend_then_it_is_restarted(
+    client: openai.OpenAI,
+) -> None:
+    """Runs last in this module: it kills the engine and waits for the supervisor's restart."""
+    engine = engine_process()
+    engine.kill()
+    engine.wait(10)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as exc:
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+    assert exc.value.status_code == 503 and "'llm'" in exc.value.message
+    assert time.monotonic() - started < 5, "a down engine must fail fast, not hang"
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+            break
+        except openai.APIStatusError as err:
+            assert err.status_code == 503
+            time.sleep(2)
+    assert r.choices[0].message.content is not None
+    assert engine_process().pid != engine.pid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -49,22 +50,32 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+            self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.cwd,
             start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             if self._ready():
                 return self
-            if any(line in self.log_path.read_text(errors="replace") for line in self.fatal_log_lines):
+            if any(
+                line in self.log_path.read_text(errors="replace") for line in self.fatal_log_lines
+            ):
                 self.stop()
                 raise RuntimeError(f"{self.name} failed to start:\n{self.log_tail()}")
             time.sleep(0.5)
         self.stop()
-        raise TimeoutError(f"{self.name} not ready after {self.timeout_s:.0f} s:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"{self.name} not ready after {self.timeout_s:.0f} s:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -76,10 +87,8 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             os.killpg(pgid, signal.SIGKILL)
             self.proc.wait()
-        try:  # children the leader left behind
+        with contextlib.suppress(ProcessLookupError):  # children the leader left behind
             os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
