@@ -3,12 +3,13 @@
 BentoML starts this as the LLM service's custom command, so BentoML's proxy keeps one stable
 upstream address while the engine behind it may be restarted::
 
-    python -m runners.supervisor --max-restarts 5 -- python -m vllm.entrypoints.openai.api_server ...
+    python -m runners.supervisor --max-restarts 5 -- python -m vllm.entrypoints.openai.api_server
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import time
 from collections.abc import Sequence
 
 log = logging.getLogger("runners.supervisor")
+PR_SET_PDEATHSIG = 1
 
 
 class Supervisor:
@@ -44,15 +46,19 @@ class Supervisor:
     def run(self) -> int:
         """Run until stopped (returns 0) or until the child crashes too often (returns its code)."""
         while not self._stopping.is_set():
-            self._child = subprocess.Popen(self.command)
+            self._child = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
             code = self._child.wait()
             if self._stopping.is_set():
                 return 0
             now = time.monotonic()
             self._restarts = [t for t in self._restarts if now - t < self.restart_window_s]
             if len(self._restarts) >= self.max_restarts:
-                log.error("child exited with %s; %d restarts in %.0f s, giving up",
-                          code, len(self._restarts), self.restart_window_s)
+                log.error(
+                    "child exited with %s; %d restarts in %.0f s, giving up",
+                    code,
+                    len(self._restarts),
+                    self.restart_window_s,
+                )
                 return code or 1
             delay = self.backoff_s * 2 ** len(self._restarts)
             self._restarts.append(now)
@@ -72,6 +78,13 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             log.warning("child ignored SIGTERM for %.0f s; killing it", self.stop_timeout_s)
             child.kill()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies, so no engine outlives its owner."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         threading.Thread(target=sup.stop, daemon=True).start()
 
+    _die_with_parent()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     code = sup.run()

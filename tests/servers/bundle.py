@@ -1,27 +1,56 @@
-"""The real bundle under `bentoml serve`, as a user runs it."""
+"""The real bundle as a user runs it: `bentoml build`, then `bentoml serve <built tag>`."""
 
 from __future__ import annotations
 
+import functools
+import json
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tests.servers.process import ServerProcess, free_port, http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
+BENTOML = [sys.executable, "-m", "bentoml"]
 
 
-def start_bundle(*, port: int | None = None, env: dict[str, str] | None = None) -> ServerProcess:
+@functools.cache
+def build_bento() -> str:
+    """Build the Bento from this checkout once per process; returns its tag."""
+    out = subprocess.run(
+        [*BENTOML, "build", "--output", "tag"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.strip().splitlines()[-1].removeprefix("__tag__:")
+
+
+def bento_info(tag: str) -> dict:  # type: ignore[type-arg]
+    out = subprocess.run(
+        [*BENTOML, "get", tag, "-o", "json"], check=True, capture_output=True, text=True
+    ).stdout
+    return dict(json.loads(out))
+
+
+def start_bundle(
+    *, target: str | None = None, port: int | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """Serve `target` (default: a freshly built Bento of this checkout) until ready."""
+    target = target or build_bento()
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
+    command = [*BENTOML, "serve", target, "--port", str(port), "--host", "127.0.0.1"]
     server = ServerProcess(
         "bundle",
-        [sys.executable, "-m", "bentoml", "serve", "service:Gateway", "--port", str(port),
-         "--host", "127.0.0.1"],
+        command,
         ready=http_ok(f"{url}/readyz"),
         url=url,
         fatal_log_lines=["Application startup failed"],
         env={"HF_HUB_OFFLINE": "1", **(env or {})},
-        cwd=ROOT,
+        cwd=tempfile.gettempdir(),  # what runs is the Bento, not this checkout
         timeout_s=420,
     )
     return server.start()
