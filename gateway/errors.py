@@ -70,7 +70,7 @@ class ModelNotFound(GatewayError):
 
 
 class VersionNotFound(GatewayError):
-    status = HTTPStatus.NOT_FOUND
+    status = HTTPStatus.NOT_FOUND.value
     type = "not_found_error"
 
     def __init__(self, model: str, version: str, versions: list[str]) -> None:

@@ -1,43 +1,166 @@
-"""The router: resolves a model name to its backend and calls the backend's adapter."""
+"""The router: resolves a model name to a route and calls its backend, falling back on failure.
+
+    router = Router(registry, {"triton": Backend(adapter, timeout_s=5), "llm": llm_adapter})
+    route = router.resolve("chat", kinds=("llm",), caller="user-42")
+    result = await router.predict(route, "chat", body)
+
+Each backend sits behind its own circuit breaker (gateway/backend.py). When a route's backend
+fails (unreachable, breaker open, 5xx, timed out) the route's fallbacks are tried in order;
+if all fail, the first failure is answered (a 503 with Retry-After while a breaker is open).
+A client error (4xx) is answered at once. A stream falls back only before its first chunk.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from gateway.adapters.base import InferenceAdapter, InferRequest, InferResponse, Task
-from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.backend import Backend, close_stream
+from gateway.errors import BackendError, InvalidRequest, ModelNotFound
+from gateway.metrics import fallback_used
 from gateway.registry import Kind, Registry, Route
+from gateway.tensors import ModelMetadata
+
+log = logging.getLogger("gateway.router")
+T = TypeVar("T")
 
 
 class Router:
-    def __init__(self, registry: Registry, adapters: Mapping[str, InferenceAdapter]) -> None:
-        missing = {r.backend for r in registry} - set(adapters)
+    def __init__(
+        self,
+        registry: Registry,
+        backends: Mapping[str, Backend | InferenceAdapter],
+        *,
+        caller_header: str = "X-Caller-Id",
+    ) -> None:
+        """`backends` by name; a bare adapter gets a `Backend` with the default breaker."""
+        missing = {r.backend for r in registry.routes()} - set(backends)
         if missing:
             raise ValueError(f"routes name backends that do not exist: {sorted(missing)}")
         self.registry = registry
-        self.adapters = dict(adapters)
+        self.backends = {
+            name: b if isinstance(b, Backend) else Backend(b) for name, b in backends.items()
+        }
+        self.adapters = {name: b.adapter for name, b in self.backends.items()}
+        self.caller_header = caller_header
 
-    def resolve(self, model: object, kinds: Iterable[Kind]) -> Route:
+    def resolve(self, model: object, kinds: Iterable[Kind], *, caller: str | None = None) -> Route:
         """The route for `model`, or a 4xx that lists the models this endpoint serves."""
         kinds = tuple(kinds)
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' is required and must be a string", param="model")
-        route = self.registry.get(model)
-        if route is None or route.kind not in kinds:
+        if self.registry.kind_of(model) not in kinds:
             raise ModelNotFound(model, self.registry.names(kinds))
+        route = self.registry.resolve(model, caller=caller)
+        assert route is not None
         return route
 
-    async def predict(self, route: Route, task: Task, payload: object, **options: object) -> InferResponse:
-        request = InferRequest(task=task, model=route.upstream_model, payload=payload, options=options)
-        return await self.adapters[route.backend].predict(request)
+    async def predict(
+        self, route: Route, task: Task, payload: object, **options: object
+    ) -> InferResponse:
+        request = InferRequest(
+            task=task, model=route.upstream_model, payload=payload, options=options
+        )
+        return await self._with_fallback(
+            route, lambda r: self.backends[r.backend].predict(_for(request, r))
+        )
 
-    def stream(self, route: Route, task: Task, payload: object) -> AsyncIterator[bytes]:
+    async def stream(self, route: Route, task: Task, payload: object) -> AsyncIterator[bytes]:
+        """The response as it comes; fails over before, never after, the first chunk."""
         request = InferRequest(task=task, model=route.upstream_model, payload=payload)
-        return self.adapters[route.backend].stream(request)
+
+        async def open_(candidate: Route) -> tuple[bytes | None, AsyncIterator[bytes]]:
+            chunks = self.backends[candidate.backend].stream(_for(request, candidate))
+            try:
+                return await anext(chunks), chunks
+            except StopAsyncIteration:
+                return None, chunks
+
+        first, rest = await self._with_fallback(route, open_)
+        try:
+            if first is None:
+                return
+            yield first
+            async for chunk in rest:
+                yield chunk
+        finally:
+            await close_stream(rest)
+
+    async def metadata(self, route: Route, version: str) -> ModelMetadata:
+        """KServe V2 metadata of a tensor model, under its public name and versions."""
+        adapter = self.backends[route.backend].adapter
+        describe = getattr(adapter, "metadata", None)
+        if describe is None:
+            raise InvalidRequest(f"The model '{route.name}' takes no tensors.")
+        meta: ModelMetadata = await self.backends[route.backend].call(
+            lambda: describe(route.upstream_model, version)
+        )
+        return meta.renamed(route.name, route.versions)
+
+    async def model_ready(self, route: Route, version: str) -> bool:
+        backend = self.backends[route.backend]
+        if backend.open:
+            return False
+        check = getattr(backend.adapter, "model_ready", None)
+        if check is None:
+            return await backend.health()
+        return bool(await check(route.upstream_model, version))
 
     async def health(self) -> dict[str, bool]:
-        return {name: await adapter.health() for name, adapter in self.adapters.items()}
+        names = list(self.backends)
+        results = await asyncio.gather(*(self.backends[n].health() for n in names))
+        return dict(zip(names, results, strict=True))
+
+    async def ready(self) -> bool:
+        """Ready when every required backend (the bundled runners by default) is healthy."""
+        required = [b for b in self.backends.values() if b.required]
+        return all(await asyncio.gather(*(b.health() for b in required)))
+
+    async def status(self) -> dict[str, Any]:
+        """Each backend's health and breaker, for the status page."""
+        health = await self.health()
+        backends = [
+            {
+                "name": name,
+                "kind": b.kind,
+                "target": b.target,
+                "required": b.required,
+                "healthy": health[name],
+                "ready": health[name] and not b.open,
+                "breaker": b.status(),
+            }
+            for name, b in self.backends.items()
+        ]
+        ready = all(b["healthy"] for b in backends if b["required"])
+        return {"ready": ready, "backends": backends}
 
     async def aclose(self) -> None:
-        for adapter in self.adapters.values():
-            await adapter.aclose()
+        for backend in self.backends.values():
+            try:
+                await backend.aclose()
+            except Exception:
+                log.exception("closing backend %s failed", backend.name)
+
+    async def _with_fallback(self, route: Route, call: Callable[[Route], Awaitable[T]]) -> T:
+        failures: list[BackendError] = []
+        for candidate in self.registry.chain(route):
+            try:
+                result = await call(candidate)
+            except BackendError as err:
+                failures.append(err)
+                log.warning("model %s on backend %s failed: %s", candidate.name, err.backend, err)
+                continue
+            if candidate is not route:
+                fallback_used(route.name, candidate.name)
+            return result
+        raise failures[0]
+
+
+def _for(request: InferRequest, route: Route) -> InferRequest:
+    if request.model == route.upstream_model:
+        return request
+    return dataclasses.replace(request, model=route.upstream_model)

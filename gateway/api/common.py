@@ -16,6 +16,11 @@ def router_of(request: Request) -> Router:
     return router
 
 
+def caller_of(request: Request) -> str | None:
+    """Who is calling, when the configured header says (A/B splits keep a caller's variant)."""
+    return request.headers.get(router_of(request).caller_header) or None
+
+
 async def read_body(request: Request, *, limit: int) -> bytes:
     """The request body, refusing anything over `limit` bytes before reading it all."""
     declared = request.headers.get("content-length")

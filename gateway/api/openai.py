@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.adapters.base import Task
-from gateway.api.common import read_json_object, router_of
+from gateway.api.common import caller_of, read_json_object, router_of
 from gateway.errors import GatewayError, openai_error_body
 
 OWNED_BY = "serving-bundle"
@@ -42,8 +42,10 @@ async def completions(request: Request) -> Response:
 
 async def _generate(request: Request, task: Task) -> Response:
     router = router_of(request)
-    body = await read_json_object(request, limit=request.app.state.settings.limits.max_request_bytes)
-    route = router.resolve(body.get("model"), kinds=("llm",))
+    body = await read_json_object(
+        request, limit=request.app.state.settings.limits.max_request_bytes
+    )
+    route = router.resolve(body.get("model"), kinds=("llm",), caller=caller_of(request))
     if not body.get("stream"):
         result = await router.predict(route, task, body)
         return JSONResponse(result.body, status_code=result.status)

@@ -21,8 +21,12 @@ def test_models_lists_every_route_with_kind_and_backend(client: TestClient) -> N
     r = client.get("/v1/models")
     assert r.status_code == 200
     assert r.json()["data"][0] | {"created": 0} == {
-        "id": "tiny-llm", "object": "model", "created": 0, "owned_by": "serving-bundle",
-        "kind": "llm", "backend": "llm",
+        "id": "tiny-llm",
+        "object": "model",
+        "created": 0,
+        "owned_by": "serving-bundle",
+        "kind": "llm",
+        "backend": "llm",
     }
 
 
@@ -62,13 +66,17 @@ def test_malformed_json_is_400_and_the_server_keeps_serving(
 
 
 def test_wrong_content_type_is_415(client: TestClient) -> None:
-    r = client.post("/v1/chat/completions", content=b"model=x", headers={"content-type": "text/plain"})
+    r = client.post(
+        "/v1/chat/completions", content=b"model=x", headers={"content-type": "text/plain"}
+    )
     assert r.status_code == 415 and "application/json" in error_of(r)["message"]
 
 
 def test_non_object_and_empty_bodies_are_400(client: TestClient) -> None:
     assert client.post("/v1/chat/completions", json=[1, 2]).status_code == 400
-    r = client.post("/v1/chat/completions", content=b"", headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/chat/completions", content=b"", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and "empty" in error_of(r)["message"]
 
 
@@ -103,7 +111,9 @@ def test_stream_refused_before_first_chunk_is_a_json_error(
     assert r.status_code == 503 and "not ready" in error_of(r)["message"]
 
 
-def test_stream_failing_midway_ends_with_an_error_event(client: TestClient, llm: FakeAdapter) -> None:
+def test_stream_failing_midway_ends_with_an_error_event(
+    client: TestClient, llm: FakeAdapter
+) -> None:
     llm.enqueue([b'data: {"n": 1}\n\n', BackendError("llm", "stream broke off")])
     with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
         events = [line for line in r.iter_lines() if line]

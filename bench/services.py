@@ -1,0 +1,46 @@
+"""The bundle minus vLLM: the real gateway app and adapters over the vision and speech runners.
+
+The benchmark serves this (`bentoml serve bench.services:MediaGateway`) so that it measures the
+gateway -> runner path without an LLM engine competing for the CPU.
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+from gateway.adapters.base import InferenceAdapter
+from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
+from gateway.app import create_app
+from gateway.bundle import model_name
+from gateway.registry import Registry, Route
+from gateway.router import Router
+from runners.speech import Transcriber
+from runners.vision import ImageClassifier
+from settings import get_settings
+
+app = create_app()
+
+
+@bentoml.asgi_app(app, path="/")
+@bentoml.service(name="media-gateway", traffic={"timeout": 3600})
+class MediaGateway:
+    vision = bentoml.depends(ImageClassifier)
+    speech = bentoml.depends(Transcriber)
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        vision, speech = model_name(settings.vision.model), model_name(settings.speech.model)
+        routes = [
+            Route(vision, "image", "vision", vision),
+            Route(speech, "speech", "speech", speech),
+        ]
+        adapters: dict[str, InferenceAdapter] = {
+            "vision": VisionRunnerAdapter("vision", self.vision),
+            "speech": SpeechRunnerAdapter("speech", self.speech),
+        }
+        app.state.settings = settings
+        app.state.started_at = 0.0
+        app.state.router = Router(Registry(routes), adapters)
+
+    async def __is_ready__(self) -> bool:
+        return all((await app.state.router.health()).values())

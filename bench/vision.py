@@ -1,0 +1,369 @@
+"""Vision and speech serving benchmark: the gateway with BentoML batching vs the raw model.
+
+    .venv/bin/python -m bench.vision            # about 5-8 minutes on 2 CPU cores
+    .venv/bin/python -m bench.vision --quick    # a smoke run with a handful of requests
+
+1. Creates ResNet-50 and Whisper-tiny (full architectures, random weights) in a temporary
+   BentoML store (bench/models.py).
+2. Measures the raw forward in this process at several batch sizes; the best is the target.
+3. Serves `bench.services:MediaGateway` (the real gateway app and adapters over the two runners,
+   without vLLM) with batching on, then off, and sends requests through the gateway's HTTP
+   routes at concurrency 1, 8 and 32 (after a warm-up that also trains BentoML's dispatcher).
+4. Prints one table: throughput, p50/p99 latency, the mean batch the runner formed, and ratios
+   to the raw forward and to the unbatched service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import yaml
+
+CONCURRENCY = (1, 8, 32)
+IMAGE_SIZE = (320, 240)  # a small web photo, JPEG; the gateway decodes and resizes it
+CLIP_SECONDS = 5.0
+WHISPER_TOKENS = 32  # max_new_tokens per clip: fixed, so every run decodes the same amount
+ROOT = Path(__file__).resolve().parents[1]
+
+Send = Callable[[httpx.AsyncClient, str], Awaitable[httpx.Response]]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    runner: str  # the runner label in runner_batch_size
+    unit: str
+    raw_batches: tuple[int, ...]
+    requests: dict[int, int]  # concurrency -> requests measured
+    warmup: tuple[int, int]  # sequential requests, then one burst of this many
+    send: Send
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    path: str
+    unit: str
+    per_s: float
+    concurrency: int | None = None
+    requests: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    mean_batch: float | None = None
+    errors: int = 0
+    budget_ms: int | None = None
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+def jpeg(seed: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (IMAGE_SIZE[1], IMAGE_SIZE[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def clip(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(CLIP_SECONDS * 16_000)) / 16_000
+    tone = 0.3 * np.sin(2 * np.pi * (200 + 40 * seed) * t)
+    return (tone + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def wav(samples: np.ndarray) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, samples, 16_000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def send_image(model: str) -> Send:
+    data = jpeg(0)
+
+    def send(client: httpx.AsyncClient, url: str) -> Awaitable[httpx.Response]:
+        return client.post(
+            f"{url}/v1/images/classifications",
+            params={"model": model, "top_k": "5"},
+            content=data,
+            headers={"content-type": "image/jpeg"},
+        )
+
+    return send
+
+
+def send_audio(model: str) -> Send:
+    data = wav(clip(0))
+
+    def send(client: httpx.AsyncClient, url: str) -> Awaitable[httpx.Response]:
+        files = {"file": ("clip.wav", data, "audio/wav")}
+        return client.post(f"{url}/v1/audio/transcriptions", files=files, data={"model": model})
+
+    return send
+
+
+# --- raw forward -------------------------------------------------------------------------------
+
+
+def raw_rate(run: Callable[[int], object], batch: int, *, min_seconds: float) -> float:
+    """Items per second of `run(batch)` repeated for at least `min_seconds` (after a warm-up)."""
+    run(batch)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds or done < 2 * batch:
+        run(batch)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def raw_rows(workload: Workload, run: Callable[[int], object], min_seconds: float) -> list[Row]:
+    rows = []
+    for batch in workload.raw_batches:
+        rate = raw_rate(run, batch, min_seconds=min_seconds)
+        rows.append(Row(workload.name, f"raw forward, batch {batch}", workload.unit, rate))
+        print(f"  {rows[-1].path}: {rate:.1f} {workload.unit}/s", flush=True)
+    return rows
+
+
+def raw_vision(path: Path, metadata: dict[str, Any]) -> tuple[Callable[[int], object], float]:
+    """The batch runner, and the gateway's per-image preprocessing cost in ms (for the notes)."""
+    import torch
+
+    from runners import imaging
+    from runners.vision import Classifier
+
+    classifier = Classifier.load(path, metadata, device=torch.device("cpu"))
+    pixels = np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
+    data = jpeg(0)
+    start = time.perf_counter()
+    for _ in range(20):
+        imaging.preprocess(imaging.decode(data, max_pixels=10**8), classifier.preprocessing)
+    prep_ms = (time.perf_counter() - start) / 20 * 1000
+    return (lambda n: classifier.probabilities(pixels[:n])), prep_ms
+
+
+def raw_speech(path: Path) -> Callable[[int], object]:
+    import torch
+
+    from runners.speech import Clip, Whisper
+
+    whisper = Whisper.load(path, device=torch.device("cpu"), max_new_tokens=WHISPER_TOKENS)
+    clips = [Clip(audio=clip(0)) for _ in range(8)]
+    return lambda n: whisper.transcribe(clips[:n])
+
+
+# --- served ------------------------------------------------------------------------------------
+
+
+async def load(send: Send, url: str, concurrency: int, n: int) -> tuple[float, list[float], int]:
+    """Send `n` requests from `concurrency` workers; (successes/s, latencies s, errors)."""
+    latencies: list[float] = []
+    errors = 0
+    tickets = iter(range(n))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for _ in tickets:
+            start = time.perf_counter()
+            response = await send(client, url)
+            latencies.append(time.perf_counter() - start)
+            errors += response.status_code != 200
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return (n - errors) / elapsed, latencies, errors
+
+
+def batch_totals(url: str, runner: str) -> tuple[float, float]:
+    """(items, batches) the runner has run, from runner_batch_size on the bundle's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = {"runner_batch_size_sum": 0.0, "runner_batch_size_count": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for s in family.samples:
+            if s.name in totals and s.labels.get("runner") == runner:
+                totals[s.name] += s.value
+    return totals["runner_batch_size_sum"], totals["runner_batch_size_count"]
+
+
+def served_rows(workload: Workload, url: str, mode: str, budget_ms: int | None) -> list[Row]:
+    sequential, burst = workload.warmup
+    asyncio.run(load(workload.send, url, 1, sequential))
+    asyncio.run(load(workload.send, url, burst, burst))
+    rows = []
+    for concurrency in CONCURRENCY:
+        n = workload.requests[concurrency]
+        items0, batches0 = batch_totals(url, workload.runner)
+        rate, latencies, errors = asyncio.run(load(workload.send, url, concurrency, n))
+        items1, batches1 = batch_totals(url, workload.runner)
+        p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+        mean_batch = (items1 - items0) / max(1.0, batches1 - batches0)
+        rows.append(
+            Row(
+                workload.name, f"gateway, {mode}", workload.unit, rate, concurrency, n,
+                float(p50), float(p99), mean_batch, errors, budget_ms,
+            )
+        )  # fmt: skip
+        print(
+            f"  {mode} c={concurrency}: {rate:.1f} {workload.unit}/s p99 {p99:.0f} ms", flush=True
+        )
+    return rows
+
+
+@contextmanager
+def served(home: Path, *, batching: bool) -> Iterator[str]:
+    """`bentoml serve bench.services:MediaGateway` over the bench models; yields its URL."""
+    from bench.models import RESNET50, WHISPER_TINY
+    from settings import SpeechSettings, VisionSettings
+    from tests.servers.process import ServerProcess, free_port, http_ok
+
+    speech = _section(SpeechSettings(), WHISPER_TINY, batching)
+    config = {
+        "vision": _section(VisionSettings(), RESNET50, batching),
+        "speech": {**speech, "max_new_tokens": WHISPER_TOKENS},
+    }
+    config_path = home / f"bundle-{'batched' if batching else 'unbatched'}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "bentoml", "serve", "bench.services:MediaGateway"]
+    server = ServerProcess(
+        "bench-gateway",
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        ready=http_ok(f"{url}/readyz"),
+        env={"BUNDLE_CONFIG": str(config_path), "BENTOML_HOME": str(home)},
+        cwd=ROOT,
+        timeout_s=300,
+    )
+    server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+def _section(settings: Any, model: str, batching: bool) -> dict[str, Any]:
+    return {
+        "model": model,
+        "batching": batching,
+        "max_batch_size": settings.max_batch_size,
+        "max_latency_ms": settings.max_latency_ms,
+    }
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    """Rows as text; `*` marks the raw batch size with the best rate, every ratio's baseline."""
+    raw = [r for r in rows if r.concurrency is None]
+    best = {m: max(r.per_s for r in raw if r.model == m) for m in {r.model for r in raw}}
+    unbatched = {(r.model, r.concurrency): r.per_s for r in rows if r.path.endswith("unbatched")}
+    head = (
+        f"{'model':<13}{'path':<24}{'conc':>5}{'reqs':>6}{'rate/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'budget':>8}{'batch':>7}{'err':>5}{'vs raw':>8}{'vs unbat':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        mark = " *" if r.concurrency is None and r.per_s == best[r.model] else ""
+        base = None if r.path.endswith("unbatched") else unbatched.get((r.model, r.concurrency))
+        served = r.concurrency is not None
+        cells = [
+            f"{r.model:<13}{r.path + mark:<24}",
+            f"{_f(r.concurrency, 'd'):>5}{_f(r.requests if served else None, 'd'):>6}",
+            f"{r.per_s:>9.1f}{_f(r.p50_ms, '.0f'):>9}{_f(r.p99_ms, '.0f'):>9}",
+            f"{_f(r.budget_ms, 'd'):>8}{_f(r.mean_batch, '.1f'):>7}",
+            f"{_f(r.errors if served else None, 'd'):>5}{r.per_s / best[r.model]:>8.2f}",
+            f"{_f(r.per_s / base if base else None, '.2f'):>10}",
+        ]
+        lines.append("".join(cells))
+    return "\n".join(lines)
+
+
+def _f(value: float | int | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def workloads(quick: bool) -> tuple[Workload, Workload]:
+    from bench.models import RESNET50, WHISPER_TINY
+
+    vision = Workload(
+        "resnet-50", "vision", "img", (1, 8, 16, 32),
+        {1: 24, 8: 96, 32: 192}, (16, 32), send_image(RESNET50),
+    )  # fmt: skip
+    speech = Workload(
+        "whisper-tiny", "speech", "clip", (1, 4, 8),
+        {1: 8, 8: 32, 32: 64}, (12, 8), send_audio(WHISPER_TINY),
+    )  # fmt: skip
+    if quick:
+        vision = replace(vision, requests={1: 4, 8: 16, 32: 32}, warmup=(12, 8))
+        speech = replace(speech, requests={1: 2, 8: 8, 32: 32}, warmup=(10, 8))
+    return vision, speech
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.vision", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="a few requests per level (smoke run)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    home = Path(tempfile.mkdtemp(prefix="bench-bentoml-"))
+    os.environ["BENTOML_HOME"] = str(home)  # before bentoml is imported: a private model store
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        print(table(run(home, *workloads(args.quick), min_seconds=2.0 if args.quick else 6.0)))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s; budget: the runner's max_latency_ms")
+
+
+def run(home: Path, vision: Workload, speech: Workload, *, min_seconds: float) -> list[Row]:
+    from bench.models import create_resnet50, create_whisper_tiny
+    from settings import SpeechSettings, VisionSettings
+
+    print("creating models ...", flush=True)
+    resnet, whisper = create_resnet50(), create_whisper_tiny()
+    print("raw forward ...", flush=True)
+    run_vision, prep_ms = raw_vision(resnet.path, dict(resnet.metadata))
+    rows = raw_rows(vision, run_vision, min_seconds)
+    rows += raw_rows(speech, raw_speech(whisper.path), min_seconds)
+    budgets = {"vision": VisionSettings().max_latency_ms, "speech": SpeechSettings().max_latency_ms}
+    for batching, mode in ((True, "batched"), (False, "unbatched")):
+        print(f"serving, {mode} ...", flush=True)
+        with served(home, batching=batching) as url:
+            for w in (vision, speech):
+                rows += served_rows(w, url, mode, budgets[w.runner] if batching else None)
+    order = {"resnet-50": 0, "whisper-tiny": 1}
+    rows.sort(key=lambda r: order[r.model])
+    print(
+        f"\ngateway preprocessing of one {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG: {prep_ms:.1f} ms\n"
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Adapters for the bundled vision and speech runners, over their BentoML dependency clients.
+
+Files are decoded, validated and preprocessed here, in a worker thread of the gateway, so that only
+well-formed tensors reach a runner's batch: a corrupt or oversized upload fails its own request
+with a 4xx and can never fail the other requests BentoML batched with it.
+
+Tasks and payloads::
+
+    classify    bytes of one image file     options top_k, default_top_k, max_pixels
+                -> body: list[Prediction], scores descending
+    infer       float32 ndarray (N, 3, H, W) of preprocessed pixels (KServe V2 tensors)
+                -> body: float32 ndarray (N, classes) of probabilities
+    transcribe  bytes of one audio file     options language, prompt, temperature, max_seconds
+                -> body: Transcript
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+import anyio.to_thread
+import httpx
+import numpy as np
+from bentoml.exceptions import BentoMLException
+
+from gateway.adapters.base import InferRequest, InferResponse
+from gateway.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidRequest,
+    PayloadTooLarge,
+)
+from runners import audio, imaging
+from runners.speech import Clip
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    start: float  # seconds
+    end: float
+    text: str
+    tokens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str | None
+    duration: float  # seconds of audio
+    segments: tuple[Segment, ...]
+    temperature: float = 0.0
+
+
+class RunnerAdapter:
+    """Calls a runner service's APIs and maps its failures to gateway errors naming it."""
+
+    def __init__(self, name: str, client: Any) -> None:
+        self.name = name
+        self._client = client  # BentoML's; it opens and closes it with the Gateway service
+        self._info: Any = None
+
+    async def call(self, api: str, **kwargs: Any) -> Any:
+        """`api` on the runner: its async client under `bentoml serve`, the instance in process."""
+        target = getattr(self._client, "to_async", None)
+        try:
+            if target is not None:
+                return await getattr(target, api)(**kwargs)
+            return await anyio.to_thread.run_sync(
+                functools.partial(getattr(self._client, api), **kwargs)
+            )
+        except BentoMLException as exc:
+            raise self._runner_error(exc) from None
+        except (TimeoutError, httpx.TimeoutException, aiohttp.ServerTimeoutError):
+            raise BackendTimeout(self.name, _timeout_of(target)) from None
+        except (aiohttp.ClientConnectionError, httpx.TransportError, OSError) as exc:
+            raise BackendUnavailable(self.name, _describe(exc)) from None
+        except aiohttp.ClientError as exc:
+            raise BackendError(self.name, _describe(exc)) from None
+
+    async def info(self) -> Any:
+        """The runner's `info()`, asked once (a runner serves one model for its lifetime)."""
+        if self._info is None:
+            self._info = await self.call("info")
+        return self._info
+
+    def stream(self, request: InferRequest) -> AsyncIterator[bytes]:
+        raise InvalidRequest(f"Streaming is not supported for '{request.task}'.")
+
+    async def health(self) -> bool:
+        is_ready = getattr(self._client, "is_ready", None)
+        if is_ready is None:  # an in-process instance is ready once constructed
+            return True
+        try:
+            return bool(await is_ready(5))
+        except Exception:
+            return False
+
+    async def aclose(self) -> None:
+        self._info = None
+
+    def _runner_error(self, exc: BentoMLException) -> BackendError:
+        status, detail = int(exc.error_code), _error_detail(str(exc))
+        if status in (429, 503):  # BentoML sheds load past max_latency_ms with a 503
+            return BackendUnavailable(self.name, detail, headers={"Retry-After": "1"})
+        return BackendError(self.name, f"HTTP {status}: {detail}")
+
+    def _unsupported(self, request: InferRequest) -> InvalidRequest:
+        return InvalidRequest(f"The '{self.name}' backend does not do '{request.task}'.")
+
+
+class VisionRunnerAdapter(RunnerAdapter):
+    async def predict(self, request: InferRequest) -> InferResponse:
+        if request.task == "classify":
+            return InferResponse(await self._classify(request.payload, **request.options))
+        if request.task == "infer":
+            return InferResponse(await self._probabilities(await self._checked(request.payload)))
+        raise self._unsupported(request)
+
+    async def _classify(
+        self, data: bytes, *, top_k: int | None = None, default_top_k: int = 5, max_pixels: int
+    ) -> list[Prediction]:
+        info = await self.info()
+        labels: Sequence[str] = info.labels
+        k = top_k if top_k is not None else min(default_top_k, len(labels))
+        if not 1 <= k <= len(labels):
+            raise InvalidRequest(
+                f"top_k must be between 1 and {len(labels)} (the model's classes), got {k}.",
+                param="top_k",
+            )
+        pp = imaging.Preprocessing.from_metadata(info.preprocessing)
+        pixels = await _in_thread(_prepare_image, data, pp, max_pixels)
+        probabilities = (await self._probabilities(pixels[None]))[0]
+        return top_predictions(probabilities, labels, k)
+
+    async def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        result = await self.call("predict", pixel_values=pixels)
+        return np.asarray(result, dtype=np.float32)
+
+    async def _checked(self, pixels: Any) -> np.ndarray:
+        """Tensors from outside must fit the model: a wrong shape would fail a whole batch."""
+        expected = tuple((await self.info()).input_shape)
+        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or pixels.shape[1:] != expected:
+            shape = getattr(pixels, "shape", None)
+            raise InvalidRequest(
+                f"Expected pixels of shape (N, {', '.join(map(str, expected))}), got {shape}."
+            )
+        if pixels.shape[0] == 0 or not np.isfinite(pixels).all():
+            raise InvalidRequest("Expected at least one image and only finite pixel values.")
+        return np.ascontiguousarray(pixels, dtype=np.float32)
+
+
+class SpeechRunnerAdapter(RunnerAdapter):
+    async def predict(self, request: InferRequest) -> InferResponse:
+        if request.task != "transcribe":
+            raise self._unsupported(request)
+        return InferResponse(await self._transcribe(request.payload, **request.options))
+
+    async def _transcribe(
+        self,
+        data: bytes,
+        *,
+        max_seconds: float,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
+    ) -> Transcript:
+        info = await self.info()
+        language = _checked_language(language, info.languages)
+        rate, window = int(info.sampling_rate), float(info.chunk_seconds)
+        samples = await _in_thread(_decode_audio, data, max_seconds, rate)
+        starts, clips = [], []
+        for start, piece in audio.chunks(samples, seconds=window, sample_rate=rate):
+            starts.append(start)
+            clips.append(
+                Clip(audio=piece, language=language, prompt=prompt, temperature=temperature)
+            )
+        texts = await self.call("transcribe", clips=clips)
+        if errors := [t.error for t in texts if t.error]:
+            raise BackendError(self.name, errors[0])
+        duration = audio.duration(samples, sample_rate=rate)
+        return Transcript(
+            text=" ".join(t.text for t in texts if t.text),
+            language=language or next((t.language for t in texts if t.language), None),
+            duration=duration,
+            segments=tuple(
+                Segment(i, start, min(start + window, duration), t.text, tuple(t.tokens))
+                for i, (start, t) in enumerate(zip(starts, texts, strict=True))
+            ),
+            temperature=temperature,
+        )
+
+
+def top_predictions(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[Prediction]:
+    """The k most probable classes, highest first (ties go to the lower index)."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [Prediction(labels[i], int(i), float(probabilities[i])) for i in order]
+
+
+def _prepare_image(data: bytes, pp: imaging.Preprocessing, max_pixels: int) -> np.ndarray:
+    try:
+        return imaging.preprocess(imaging.decode(data, max_pixels=max_pixels), pp)
+    except imaging.ImageTooLarge as exc:
+        raise PayloadTooLarge(str(exc), param="file", code="image_too_large") from None
+    except imaging.ImageError as exc:
+        raise InvalidRequest(str(exc), param="file", code="invalid_image") from None
+
+
+def _decode_audio(data: bytes, max_seconds: float, rate: int) -> np.ndarray:
+    try:
+        return audio.decode(data, max_seconds=max_seconds, sample_rate=rate)
+    except audio.AudioTooLong as exc:
+        raise PayloadTooLarge(str(exc), param="file", code="audio_too_long") from None
+    except audio.AudioError as exc:
+        raise InvalidRequest(str(exc), param="file", code="invalid_audio") from None
+
+
+def _checked_language(language: str | None, supported: Sequence[str]) -> str | None:
+    if not language:
+        return None
+    code = language.strip().lower()
+    if code in supported:
+        return code
+    if not supported and code == "en":  # English-only models take no language token
+        return None
+    names = ", ".join(supported) or "en"
+    raise InvalidRequest(
+        f"Unsupported language '{language}'. Use an ISO-639-1 code: {names}.", param="language"
+    )
+
+
+async def _in_thread(func: Callable[..., T], *args: Any) -> T:
+    """CPU-bound decoding off the event loop, so other requests keep flowing meanwhile."""
+    return await anyio.to_thread.run_sync(func, *args)
+
+
+def _error_detail(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:500] or "no details"
+    if isinstance(data, list) and data:
+        data = data[0]
+    if isinstance(data, dict):
+        return str(data.get("error") or data.get("detail") or data)[:500]
+    return str(data)[:500]
+
+
+def _timeout_of(client: Any) -> float:
+    timeout = getattr(client, "timeout", None)  # BentoML's async client: its total timeout
+    return float(timeout) if isinstance(timeout, int | float) else 0.0
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,103 @@
+"""Adapter for a Triton Inference Server (or any KServe V2 server) over gRPC or HTTP.
+
+A model's inputs, outputs and datatypes are discovered from its metadata on first use and kept,
+so a request that names an unknown input, a wrong datatype or an impossible shape is refused with
+a 400 before it reaches the server::
+
+    adapter = TritonAdapter("triton", make_transport("triton", "127.0.0.1:8001", protocol="grpc",
+                                                     timeout_s=30))
+    meta = await adapter.metadata("classify", "")
+    result = await adapter.predict(InferRequest("infer", "classify", TensorRequest(inputs=...)))
+    result.body  # tuple[Tensor, ...]
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from gateway.adapters.base import InferRequest, InferResponse
+from gateway.adapters.triton_transport import TritonTransport
+from gateway.errors import InvalidRequest
+from gateway.tensors import ModelMetadata, Tensor, TensorRequest, TensorSpec
+
+# Request parameters that are KServe or Triton controls, not the model's own options.
+RESERVED_PARAMETERS = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers",
+     "binary_data_output"}
+)  # fmt: skip
+
+
+class TritonAdapter:
+    def __init__(self, name: str, transport: TritonTransport) -> None:
+        self.name = name
+        self._transport = transport
+        self._metadata: dict[tuple[str, str], ModelMetadata] = {}
+
+    async def predict(self, request: InferRequest) -> InferResponse:
+        if request.task != "infer" or not isinstance(request.payload, TensorRequest):
+            raise InvalidRequest(f"The '{self.name}' backend only serves KServe V2 tensors.")
+        tensors: TensorRequest = request.payload
+        meta = await self.metadata(request.model, tensors.version)
+        check_inputs(tensors.inputs, meta.inputs)
+        check_outputs(tensors.outputs, meta.outputs)
+        parameters = {
+            k: v
+            for k, v in tensors.parameters.items()
+            if k not in RESERVED_PARAMETERS and not k.startswith("triton_")
+        }
+        outputs = await self._transport.infer(
+            request.model, tensors.version, tensors.inputs, tensors.outputs, parameters
+        )
+        return InferResponse(outputs)
+
+    def stream(self, request: InferRequest) -> AsyncIterator[bytes]:
+        raise InvalidRequest(f"Streaming is not supported for '{request.task}'.")
+
+    async def metadata(self, model: str, version: str) -> ModelMetadata:
+        key = (model, version)
+        if key not in self._metadata:
+            self._metadata[key] = await self._transport.metadata(model, version)
+        return self._metadata[key]
+
+    async def model_ready(self, model: str, version: str) -> bool:
+        try:
+            return await self._transport.model_ready(model, version)
+        except Exception:
+            return False
+
+    async def health(self) -> bool:
+        try:
+            return await self._transport.server_ready()
+        except Exception:
+            return False
+
+    async def aclose(self) -> None:
+        self._metadata.clear()
+        await self._transport.aclose()
+
+
+def check_inputs(inputs: Sequence[Tensor], specs: Sequence[TensorSpec]) -> None:
+    """Each input must be one the model declares, with its datatype and a shape it accepts."""
+    by_name = {s.name: s for s in specs}
+    for tensor in inputs:
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            expected = ", ".join(f"'{n}'" for n in by_name) or "none"
+            raise InvalidRequest(f"Unknown input '{tensor.name}'; the model takes {expected}.")
+        if tensor.datatype != spec.datatype:
+            raise InvalidRequest(
+                f"Input '{tensor.name}' must be {spec.datatype}, got {tensor.datatype}."
+            )
+        if not spec.accepts(tensor.shape):
+            raise InvalidRequest(
+                f"Input '{tensor.name}' must have shape {list(spec.shape)} (-1: any size), "
+                f"got {list(tensor.shape)}."
+            )
+
+
+def check_outputs(names: Sequence[str], specs: Sequence[TensorSpec]) -> None:
+    known = {s.name for s in specs}
+    for name in names:
+        if name not in known:
+            expected = ", ".join(f"'{n}'" for n in sorted(known)) or "none"
+            raise InvalidRequest(f"Unknown output '{name}'; the model has {expected}.")

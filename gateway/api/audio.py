@@ -1,0 +1,96 @@
+"""Speech to text, OpenAI-compatible: POST /v1/audio/transcriptions.
+
+    curl -s localhost:3000/v1/audio/transcriptions -F model=demo-whisper -F file=@talk.mp3 \\
+         -F response_format=srt
+
+    client = openai.OpenAI(base_url="http://localhost:3000/v1", api_key="unused")
+    client.audio.transcriptions.create(model="demo-whisper", file=open("talk.mp3", "rb"))
+
+Audio longer than 30 s is transcribed in 30 s windows (one batch); each window is a segment.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from gateway.adapters.runner import Transcript
+from gateway.api.common import caller_of, router_of
+from gateway.api.media_protocol import (
+    TranscriptionParams,
+    TranscriptionResponse,
+    TranscriptionSegment,
+    TranscriptionVerbose,
+    parse_params,
+)
+from gateway.api.subtitles import to_srt, to_vtt
+from gateway.api.uploads import read_upload
+
+FRAMES_PER_SECOND = 100  # Whisper's mel frames; OpenAI's `seek` counts them
+
+
+async def create_transcription(request: Request) -> Response:
+    settings = request.app.state.settings
+    upload = await read_upload(
+        request, media="audio", limit=settings.limits.max_request_bytes, allow_raw=False
+    )
+    params = parse_params(TranscriptionParams, upload.fields)
+    router = router_of(request)
+    route = router.resolve(params.model, kinds=("speech",), caller=caller_of(request))
+    result = await router.predict(
+        route,
+        "transcribe",
+        upload.data,
+        language=params.language,
+        prompt=params.prompt,
+        temperature=params.temperature,
+        max_seconds=settings.limits.max_audio_seconds,
+    )
+    return render(result.body, params.response_format)
+
+
+def render(transcript: Transcript, response_format: str) -> Response:
+    cues = [(s.start, s.end, s.text) for s in transcript.segments if s.text]
+    if response_format == "text":
+        return PlainTextResponse(transcript.text + "\n")
+    if response_format == "srt":
+        return PlainTextResponse(to_srt(cues))
+    if response_format == "vtt":
+        return PlainTextResponse(to_vtt(cues), media_type="text/vtt")
+    if response_format == "verbose_json":
+        return JSONResponse(verbose(transcript).model_dump())
+    return JSONResponse(TranscriptionResponse(text=transcript.text).model_dump())
+
+
+def verbose(transcript: Transcript) -> TranscriptionVerbose:
+    segments = [
+        TranscriptionSegment(
+            id=s.id,
+            seek=round(s.start * FRAMES_PER_SECOND),
+            start=s.start,
+            end=s.end,
+            text=s.text,
+            tokens=list(s.tokens),
+            temperature=transcript.temperature,
+            compression_ratio=compression_ratio(s.text),
+        )
+        for s in transcript.segments
+    ]
+    return TranscriptionVerbose(
+        language=transcript.language or "unknown",
+        duration=transcript.duration,
+        text=transcript.text,
+        segments=segments,
+    )
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's repetition signal: text bytes over zlib-compressed bytes (> 2.4 is suspect)."""
+    data = text.encode()
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+routes = [Route("/v1/audio/transcriptions", create_transcription, methods=["POST"])]

@@ -1,0 +1,89 @@
+"""KServe V2 routes (Triton's HTTP protocol): tensor models on Triton backends and the bundled
+image runner. Errors come back in KServe's shape, `{"error": "..."}`.
+
+    client = tritonclient.http.InferenceServerClient("localhost:3000")
+    client.get_model_metadata("demo-resnet")
+    x = tritonclient.http.InferInput("pixel_values", [1, 3, 224, 224], "FP32")
+    x.set_data_from_numpy(pixels)
+    client.infer("demo-resnet", [x]).as_numpy("probabilities")
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.api.common import caller_of, read_body, router_of
+from gateway.api.kserve_protocol import (
+    HEADER_LENGTH,
+    decode_request,
+    encode_response,
+    metadata_body,
+)
+from gateway.errors import VersionNotFound
+from gateway.registry import Kind
+from gateway.registry import Route as ModelRoute
+
+SERVER = {"name": "serving-bundle", "version": "1", "extensions": ["binary_tensor_data"]}
+KINDS: tuple[Kind, ...] = ("tensor", "image")
+
+
+async def server_metadata(request: Request) -> Response:
+    return JSONResponse(SERVER)
+
+
+async def server_live(request: Request) -> Response:
+    return Response(status_code=200)
+
+
+async def server_ready(request: Request) -> Response:
+    return Response(status_code=200 if await router_of(request).ready() else 503)
+
+
+async def model_metadata(request: Request) -> Response:
+    route, version = _resolve(request)
+    meta = await router_of(request).metadata(route, version)
+    return JSONResponse(metadata_body(meta))
+
+
+async def model_ready(request: Request) -> Response:
+    route, version = _resolve(request)
+    ready = await router_of(request).model_ready(route, version)
+    return JSONResponse({"name": route.name, "ready": ready}, status_code=200 if ready else 503)
+
+
+async def infer(request: Request) -> Response:
+    route, version = _resolve(request)
+    limit = request.app.state.settings.limits.max_request_bytes
+    decoded = decode_request(
+        await read_body(request, limit=limit),
+        version=version,
+        header_length=request.headers.get(HEADER_LENGTH),
+        encoding=request.headers.get("content-encoding"),
+    )
+    result = await router_of(request).predict(route, "infer", decoded.tensors)
+    body, headers = encode_response(route.name, version, decoded, result.body)
+    return Response(body, status_code=result.status, headers=headers)
+
+
+def _resolve(request: Request) -> tuple[ModelRoute, str]:
+    name = request.path_params["model"]
+    version = request.path_params.get("version", "")
+    route = router_of(request).resolve(name, KINDS, caller=caller_of(request))
+    if version and version not in route.versions:
+        raise VersionNotFound(name, version, list(route.versions))
+    return route, version
+
+
+routes = [
+    Route("/v2", server_metadata, methods=["GET"]),
+    Route("/v2/health/live", server_live, methods=["GET"]),
+    Route("/v2/health/ready", server_ready, methods=["GET"]),
+    Route("/v2/models/{model}", model_metadata, methods=["GET"]),
+    Route("/v2/models/{model}/ready", model_ready, methods=["GET"]),
+    Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+    Route("/v2/models/{model}/versions/{version}", model_metadata, methods=["GET"]),
+    Route("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
+    Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
+]

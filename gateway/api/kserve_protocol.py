@@ -1,0 +1,236 @@
+"""KServe V2 (Triton's HTTP protocol) on the wire: JSON tensors and the binary tensor extension.
+
+A request body is JSON, or JSON followed by raw tensor bytes when the
+`Inference-Header-Content-Length` header gives the JSON's length (binary extension); an input with
+`parameters.binary_data_size` takes its bytes from there, in input order. Outputs are sent the
+same way when the request asks (`parameters.binary_data_output`, or per output
+`parameters.binary_data`). BYTES elements in binary are each a 4-byte little-endian length and the
+bytes; in JSON, strings.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import struct
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.errors import InvalidRequest
+from gateway.tensors import ModelMetadata, Tensor, TensorRequest, dtype_of
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class InputTensor(_Wire):
+    name: str
+    shape: list[int] = Field(min_length=0)
+    datatype: str
+    parameters: dict[str, Any] = {}
+    data: Any = None
+
+
+class OutputRequest(_Wire):
+    name: str
+    parameters: dict[str, Any] = {}
+
+
+class InferBody(_Wire):
+    id: str = ""
+    parameters: dict[str, Any] = {}
+    inputs: list[InputTensor] = Field(min_length=1)
+    outputs: list[OutputRequest] = []
+
+
+class DecodedRequest:
+    """The tensors of a request and how the client wants each output sent."""
+
+    def __init__(self, body: InferBody, tensors: TensorRequest) -> None:
+        self.tensors = tensors
+        self._default = bool(body.parameters.get("binary_data_output", False))
+        self._binary = {
+            o.name: bool(o.parameters["binary_data"])
+            for o in body.outputs
+            if "binary_data" in o.parameters
+        }
+
+    def binary(self, output: str) -> bool:
+        return self._binary.get(output, self._default)
+
+
+def decode_request(
+    raw: bytes, *, version: str, header_length: str | None, encoding: str | None
+) -> DecodedRequest:
+    raw = _decompressed(raw, encoding)
+    split = _header_length(header_length, len(raw))
+    head, binary = raw[:split], memoryview(raw)[split:]
+    try:
+        body = InferBody.model_validate_json(head)
+    except ValidationError as exc:
+        raise InvalidRequest(f"Not a KServe V2 inference request: {_problems(exc)}") from None
+    inputs, offset = [], 0
+    for wire in body.inputs:
+        tensor, offset = _input(wire, binary, offset)
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise InvalidRequest(f"{len(binary) - offset} bytes of binary data belong to no input.")
+    tensors = TensorRequest(
+        inputs=tuple(inputs),
+        outputs=tuple(o.name for o in body.outputs),
+        version=version,
+        id=body.id,
+        parameters=body.parameters,
+    )
+    return DecodedRequest(body, tensors)
+
+
+def encode_response(
+    model: str, version: str, request: DecodedRequest, outputs: Sequence[Tensor]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers (binary outputs follow the JSON, in output order)."""
+    wire, blobs = [], []
+    for tensor in outputs:
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if request.binary(tensor.name):
+            blob = to_bytes(tensor)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = to_json_data(tensor)
+        wire.append(entry)
+    body: dict[str, Any] = {"model_name": model, "outputs": wire}
+    if version:
+        body["model_version"] = version
+    if request.tensors.id:
+        body["id"] = request.tensors.id
+    head = json.dumps(body, separators=(",", ":")).encode()
+    if not blobs:
+        return head, {"content-type": "application/json"}
+    headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+    return b"".join([head, *blobs]), headers
+
+
+def metadata_body(meta: ModelMetadata) -> dict[str, Any]:
+    def specs(tensors: Sequence[Any]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in tensors]
+
+    return {
+        "name": meta.name,
+        "versions": list(meta.versions),
+        "platform": meta.platform,
+        "inputs": specs(meta.inputs),
+        "outputs": specs(meta.outputs),
+    }
+
+
+def to_bytes(tensor: Tensor) -> bytes:
+    if tensor.datatype == "BYTES":
+        items = [_as_bytes(x) for x in tensor.data.reshape(-1)]
+        return b"".join(struct.pack("<I", len(x)) + x for x in items)
+    data = np.ascontiguousarray(tensor.data, dtype=dtype_of(tensor.datatype).newbyteorder("<"))
+    return data.tobytes()
+
+
+def to_json_data(tensor: Tensor) -> list[Any]:
+    flat = tensor.data.reshape(-1)
+    if tensor.datatype == "BYTES":
+        return [_as_bytes(x).decode(errors="replace") for x in flat]
+    return list(flat.tolist())
+
+
+def _input(wire: InputTensor, binary: memoryview, offset: int) -> tuple[Tensor, int]:
+    try:
+        dtype = dtype_of(wire.datatype)
+    except ValueError as exc:
+        raise InvalidRequest(f"Input '{wire.name}': {exc}") from None
+    if any(d < 0 for d in wire.shape):
+        raise InvalidRequest(f"Input '{wire.name}' has a negative dimension: {wire.shape}.")
+    count = math.prod(wire.shape)
+    size = wire.parameters.get("binary_data_size")
+    try:
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise ValueError(f"binary_data_size {size} exceeds the binary data sent")
+            data = _from_bytes(binary[offset : offset + size], wire.datatype, dtype, count)
+            offset += size
+        elif wire.data is None:
+            raise ValueError("no 'data' and no 'binary_data_size'")
+        else:
+            data = _from_json(wire.data, wire.datatype, dtype)
+        if data.size != count:
+            raise ValueError(f"{data.size} values do not fill shape {wire.shape}")
+        return Tensor(wire.name, wire.datatype, data.reshape(wire.shape)), offset
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequest(f"Input '{wire.name}': {exc}") from None
+
+
+def _from_json(data: Any, datatype: str, dtype: np.dtype[Any]) -> np.ndarray:
+    if datatype != "BYTES":
+        return np.asarray(data, dtype=dtype).reshape(-1)
+    flat = np.asarray(data, dtype=object).reshape(-1)
+    return np.array([x.encode() if isinstance(x, str) else bytes(x) for x in flat], dtype=object)
+
+
+def _from_bytes(buf: memoryview, datatype: str, dtype: np.dtype[Any], count: int) -> np.ndarray:
+    if datatype != "BYTES":
+        if len(buf) != count * dtype.itemsize:
+            raise ValueError(f"{len(buf)} bytes do not hold {count} {datatype} values")
+        return np.frombuffer(buf, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+    items, pos = [], 0
+    while pos < len(buf):
+        if pos + 4 > len(buf):
+            raise ValueError("truncated BYTES element")
+        (n,) = struct.unpack_from("<I", buf, pos)
+        items.append(bytes(buf[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    if pos != len(buf):
+        raise ValueError("truncated BYTES element")
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
+def _decompressed(raw: bytes, encoding: str | None) -> bytes:
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(raw)
+        if encoding == "deflate":
+            return zlib.decompress(raw)
+    except (OSError, zlib.error) as exc:
+        raise InvalidRequest(f"The body is not valid {encoding} data: {exc}") from None
+    if encoding not in (None, "", "identity"):
+        raise InvalidRequest(f"Unsupported Content-Encoding '{encoding}'.")
+    return raw
+
+
+def _header_length(value: str | None, total: int) -> int:
+    if value is None:
+        return total
+    if not value.isdigit() or int(value) > total:
+        raise InvalidRequest(f"Bad {HEADER_LENGTH}: {value!r} for a body of {total} bytes.")
+    return int(value)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+    )

@@ -1,0 +1,51 @@
+"""Image classification: POST /v1/images/classifications.
+
+    curl -s localhost:3000/v1/images/classifications \\
+         -F model=demo-resnet -F top_k=3 -F file=@cat.jpg
+    curl -s 'localhost:3000/v1/images/classifications?model=demo-resnet&top_k=3' \\
+         -H 'Content-Type: image/jpeg' --data-binary @cat.jpg
+
+    {"model": "demo-resnet",
+     "predictions": [{"label": "tabby cat", "index": 0, "score": 0.61}, ...]}   # scores descending
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.api.common import caller_of, router_of
+from gateway.api.media_protocol import (
+    ClassificationParams,
+    ClassificationPrediction,
+    ClassificationResponse,
+    parse_params,
+)
+from gateway.api.uploads import read_upload
+
+
+async def create_classification(request: Request) -> Response:
+    settings = request.app.state.settings
+    upload = await read_upload(
+        request, media="image", limit=settings.limits.max_request_bytes, allow_raw=True
+    )
+    params = parse_params(ClassificationParams, upload.fields)
+    router = router_of(request)
+    route = router.resolve(params.model, kinds=("image",), caller=caller_of(request))
+    result = await router.predict(
+        route,
+        "classify",
+        upload.data,
+        top_k=params.top_k,
+        default_top_k=settings.vision.top_k,
+        max_pixels=settings.limits.max_image_pixels,
+    )
+    predictions = [
+        ClassificationPrediction(label=p.label, index=p.index, score=p.score) for p in result.body
+    ]
+    body = ClassificationResponse(model=route.name, predictions=predictions)
+    return JSONResponse(body.model_dump(), status_code=result.status)
+
+
+routes = [Route("/v1/images/classifications", create_classification, methods=["POST"])]

@@ -1,0 +1,222 @@
+"""The speech recognition runner: Whisper through `transformers`, batched by BentoML.
+
+`transcribe` is the batchable API. Its items are 30 s windows of 16 kHz mono audio (the caller
+decodes, resamples and splits files, so a corrupt file fails only its own request), and each item
+carries its own request's options: BentoML's dispatcher runs one call over the merged list of
+many requests, so per-request keyword arguments would not survive batching. Inside the batch the
+runner groups items with equal options and runs one `generate` per group; with default options
+that is one forward pass for the whole batch::
+
+    client.transcribe(clips=[Clip(audio=samples, language="en")])  # [ClipText(text=...)]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+import torch
+from bentoml.validators import TensorSchema
+from pydantic import BaseModel, Field
+
+from runners import audio
+from runners.device import select_device
+from runners.metrics import BATCH_SIZE
+from settings import get_settings
+
+SETTINGS = get_settings()
+SPEECH = SETTINGS.speech
+log = logging.getLogger("runners.speech")
+
+
+class Clip(BaseModel):
+    """At most 30 s of mono float32 audio at the model's sampling rate, with decoding options."""
+
+    audio: Annotated[np.ndarray, TensorSchema("numpy-array", "float32")]
+    language: str | None = None  # ISO code ("en") or name ("english"); None detects it
+    prompt: str | None = None  # earlier text that conditions the transcript (Whisper prompt_ids)
+    temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # 0 decodes greedily
+
+    def options(self) -> tuple[str | None, str | None, float]:
+        return (self.language, self.prompt or None, self.temperature)
+
+
+class ClipText(BaseModel):
+    text: str = ""
+    tokens: list[int] = []  # the text's token ids (no special or timestamp tokens)
+    language: str | None = None
+    error: str | None = None  # set when this item failed; the other items still have results
+
+
+class SpeechInfo(BaseModel):
+    model: str
+    sampling_rate: int
+    languages: list[str]  # the codes `language` accepts; empty for English-only models
+    chunk_seconds: float
+
+
+class Whisper:
+    """A loaded Whisper model and processor; a plain class, usable without a server."""
+
+    def __init__(
+        self, model: Any, processor: Any, *, device: torch.device, max_new_tokens: int
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.sampling_rate = int(processor.feature_extractor.sampling_rate)
+        lang_to_id: Mapping[str, int] = getattr(model.generation_config, "lang_to_id", None) or {}
+        self._lang_codes = {token.strip("<|>"): token_id for token, token_id in lang_to_id.items()}
+        self._id_to_lang = {token_id: code for code, token_id in self._lang_codes.items()}
+        # Whisper's special and timestamp tokens all come after the text vocabulary
+        self._first_special = min(processor.tokenizer.all_special_ids)
+        no_timestamps = getattr(model.generation_config, "no_timestamps_token_id", None)
+        self._text_only = None if no_timestamps is None else TextOnly(no_timestamps + 1)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: torch.device, max_new_tokens: int) -> Whisper:
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        processor = WhisperProcessor.from_pretrained(path)
+        model = WhisperForConditionalGeneration.from_pretrained(path)
+        model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' stub is off
+        return cls(model, processor, device=device, max_new_tokens=max_new_tokens)
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(self._lang_codes)
+
+    def transcribe(self, clips: Sequence[Clip]) -> list[ClipText]:
+        """One result per clip, in order; a failing options group fails only its own items."""
+        results = [ClipText() for _ in clips]
+        for options, indices in group_by_options(clips).items():
+            try:
+                texts = self._generate([clips[i].audio for i in indices], *options)
+            except Exception as exc:
+                log.exception("transcription failed for %d clip(s)", len(indices))
+                texts = [ClipText(error=f"{type(exc).__name__}: {exc}")] * len(indices)
+            for i, text in zip(indices, texts, strict=True):
+                results[i] = text
+        return results
+
+    def _generate(
+        self, audios: list[np.ndarray], language: str | None, prompt: str | None, temperature: float
+    ) -> list[ClipText]:
+        features = self.processor.feature_extractor(
+            audios, sampling_rate=self.sampling_rate, return_tensors="pt"
+        ).input_features.to(self.device)
+        kwargs = self._generate_kwargs(language, prompt, temperature)
+        with torch.inference_mode():
+            # the dict's sequences keep Whisper's start tokens, which name the detected language
+            ids = self.model.generate(features, return_dict_in_generate=True, **kwargs).sequences
+        rows = [self._after_prompt(row) for row in ids.tolist()]
+        texts = self.processor.batch_decode(rows, skip_special_tokens=True)
+        return [
+            ClipText(
+                text=text.strip(),
+                tokens=[t for t in row if t < self._first_special],
+                language=language or self._detected(row),
+            )
+            for text, row in zip(texts, rows, strict=True)
+        ]
+
+    def _generate_kwargs(
+        self, language: str | None, prompt: str | None, temperature: float
+    ) -> dict[str, Any]:
+        # Whisper reads max_length as tokens after its own start tokens and prompt, capped at
+        # max_target_positions (max_new_tokens would log a clash with the saved max_length).
+        kwargs: dict[str, Any] = {"max_length": self.max_new_tokens}
+        if self._text_only is not None:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([self._text_only])
+        if self._lang_codes:
+            kwargs["task"] = "transcribe"
+        if language:
+            kwargs["language"] = language
+        if prompt:
+            kwargs["prompt_ids"] = self._prompt_ids(prompt)
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature)
+        else:
+            kwargs["do_sample"] = False
+        return kwargs
+
+    def _prompt_ids(self, prompt: str) -> torch.Tensor:
+        """Whisper's prompt: <|startofprev|> and at most the last half-context of tokens."""
+        ids = self.processor.get_prompt_ids(prompt, return_tensors="pt")
+        keep = self.model.config.max_target_positions // 2 - 1
+        if len(ids) > keep + 1:
+            ids = torch.cat([ids[:1], ids[-keep:]])
+        return ids.to(self.device)
+
+    def _after_prompt(self, row: list[int]) -> list[int]:
+        """The tokens from <|startoftranscript|> on: a prompt before it is not transcript."""
+        start = self.model.generation_config.decoder_start_token_id
+        return row[row.index(start) :] if start in row else row
+
+    def _detected(self, row: list[int]) -> str | None:
+        return next((self._id_to_lang[t] for t in row[:4] if t in self._id_to_lang), None)
+
+
+class TextOnly:
+    """A logits processor that masks every token from the first timestamp on.
+
+    The prompt holds <|notimestamps|>, so a trained Whisper emits no timestamp tokens anyway; one
+    that does (random weights) would decode to an empty string. A slice costs nothing per step,
+    where `suppress_tokens` with ~1,500 ids runs `torch.isin` over the vocabulary every step.
+    """
+
+    def __init__(self, first_timestamp: int) -> None:
+        self.first_timestamp = first_timestamp
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        scores[:, self.first_timestamp :] = float("-inf")
+        return scores
+
+
+def group_by_options(
+    clips: Sequence[Clip],
+) -> dict[tuple[str | None, str | None, float], list[int]]:
+    """Item indices by decoding options, in first-seen order."""
+    groups: dict[tuple[str | None, str | None, float], list[int]] = {}
+    for i, clip in enumerate(clips):
+        groups.setdefault(clip.options(), []).append(i)
+    return groups
+
+
+@bentoml.service(name="speech", workers=1, traffic={"timeout": 600})
+class Transcriber:
+    model = bentoml.models.BentoModel(SPEECH.model)
+
+    def __init__(self) -> None:
+        stored = self.model
+        self.tag = str(stored.tag)
+        self.whisper = Whisper.load(
+            stored.path, device=select_device(SETTINGS.device), max_new_tokens=SPEECH.max_new_tokens
+        )
+
+    @bentoml.api(
+        batchable=SPEECH.batching,
+        max_batch_size=SPEECH.max_batch_size,
+        max_latency_ms=SPEECH.max_latency_ms,
+    )
+    def transcribe(self, clips: list[Clip]) -> list[ClipText]:
+        """Text for each clip of at most 30 s (see `info` for the sampling rate)."""
+        BATCH_SIZE.labels(runner="speech").observe(len(clips))
+        return self.whisper.transcribe(clips)
+
+    @bentoml.api
+    def info(self) -> SpeechInfo:
+        return SpeechInfo(
+            model=self.tag,
+            sampling_rate=self.whisper.sampling_rate,
+            languages=self.whisper.languages,
+            chunk_seconds=audio.CHUNK_SECONDS,
+        )

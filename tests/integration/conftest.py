@@ -1,0 +1,122 @@
+"""The routing stack: real remote backends and one bundle configured to route to them.
+
+Started once per session, all four in parallel (the bundle does not wait for remote backends to
+be ready: only its own runners gate /readyz):
+
+- `triton`: a Triton server (tests/servers/triton_models.py) that stays up, reached over gRPC and
+  HTTP as separate backends;
+- `flaky`: a second Triton server that fault tests stop and start again;
+- `vllm`: a vLLM OpenAI server serving the demo-llm weights as `remote-llm`;
+- `bundle`: `bentoml serve` with `routing_config()` as its BUNDLE_CONFIG, and a BENTOML_HOME of
+  its own so that its /metrics are not wiped by other bundles on the machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.servers.bentoml_home import isolated_home
+from tests.servers.bundle import ROOT, start_bundle
+from tests.servers.process import ServerProcess, free_port
+from tests.servers.triton import TritonProcess
+from tests.servers.vllm import vllm_process
+
+SLEEPY_SECONDS = 3.0  # how long Triton's `sleepy` takes; the slow backend times out at 1 s
+
+
+@dataclass
+class RoutingStack:
+    triton: TritonProcess
+    flaky: TritonProcess
+    vllm: ServerProcess
+    bundle: ServerProcess
+    config: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        return self.bundle.url
+
+
+def routing_config(triton: TritonProcess, flaky: TritonProcess, vllm_url: str) -> dict[str, Any]:
+    """bundle.yaml plus remote backends and models on the given servers."""
+    config = yaml.safe_load((ROOT / "bundle.yaml").read_text())
+    config["llm"]["port"] = free_port()  # other bundles may run on this machine
+    # bundle.yaml's --structured-outputs-config {"disable_any_whitespace": true} makes this
+    # vLLM build refuse to start ("only supported for xgrammar and guidance backends").
+    config["llm"]["extra_args"] = []
+    stable = {"kind": "triton", "timeout_s": 10}
+    fast_breaker = {"failure_threshold": 3, "window_s": 30, "recovery_s": 3}
+    config["routing"] = {
+        "backends": {
+            "triton-grpc": {**stable, "url": triton.grpc_url, "protocol": "grpc"},
+            "triton-http": {**stable, "url": triton.http_url, "protocol": "http"},
+            "triton-fail": {**stable, "url": triton.http_url, "protocol": "http",
+                            "breaker": fast_breaker},
+            "triton-slow": {"kind": "triton", "url": triton.grpc_url, "protocol": "grpc",
+                            "timeout_s": 1.0, "breaker": {**fast_breaker, "failure_threshold": 2}},
+            "flaky": {"kind": "triton", "url": flaky.grpc_url, "protocol": "grpc",
+                      "timeout_s": 5, "retries": 1, "breaker": fast_breaker},
+            "flaky-http": {"kind": "triton", "url": flaky.http_url, "protocol": "http",
+                           "timeout_s": 5, "breaker": fast_breaker},
+            "remote-vllm": {"kind": "openai", "url": vllm_url, "timeout_s": 120,
+                            "breaker": fast_breaker},
+            "dead-vllm": {"kind": "openai", "url": f"http://127.0.0.1:{free_port()}",
+                          "timeout_s": 5, "breaker": {**fast_breaker, "recovery_s": 600}},
+        },
+        "models": {
+            "scale": {"backend": "triton-grpc", "versions": ["1"]},
+            "scale-http": {"backend": "triton-http", "upstream": "scale", "versions": ["1"]},
+            "classify": {"backend": "triton-grpc", "aliases": ["classify-grpc"]},
+            "classify-http": {"backend": "triton-http", "upstream": "classify"},
+            "fail": {"backend": "triton-fail"},
+            "slow": {"backend": "triton-slow", "upstream": "sleepy"},
+            "flaky-scale": {"backend": "flaky", "upstream": "scale"},
+            "flaky-scale-http": {"backend": "flaky-http", "upstream": "scale"},
+            "flaky-scale-fb": {"backend": "flaky", "upstream": "scale", "fallback": ["scale-http"]},
+            "remote-llm": {"backend": "remote-vllm", "fallback": ["demo-llm"]},
+            "down-llm": {"backend": "dead-vllm", "fallback": ["demo-llm"]},
+            "ab-llm": {"variants": [{"model": "remote-llm", "weight": 1},
+                                    {"model": "demo-llm", "weight": 1}]},
+        },
+    }  # fmt: skip
+    return config
+
+
+@pytest.fixture(scope="session")
+def routing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoutingStack]:
+    def triton() -> TritonProcess:
+        return TritonProcess(
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            sleepy_seconds=SLEEPY_SECONDS,
+        )
+
+    stable, flaky, vllm = triton(), triton(), vllm_process(served_name="remote-llm")
+    config = routing_config(stable, flaky, vllm.url)
+    directory = Path(tmp_path_factory.mktemp("routing"))
+    path = directory / "bundle.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {"BUNDLE_CONFIG": str(path), "BENTOML_HOME": str(isolated_home(directory))}
+    bundle: ServerProcess | None = None
+    try:
+        with ThreadPoolExecutor(4) as pool:  # leaves when all four have started or failed
+            bundle_job = pool.submit(start_bundle, env=env)
+            jobs = [pool.submit(server.start) for server in (stable, flaky, vllm)]
+        bundle = bundle_job.result()
+        for job in jobs:
+            job.result()
+        yield RoutingStack(stable, flaky, vllm, bundle, config)
+    finally:
+        if bundle is not None:
+            bundle.stop()
+        vllm.stop()
+        flaky.close()
+        stable.close()

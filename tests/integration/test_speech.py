@@ -1,0 +1,118 @@
+"""Transcription through the real bundle: openai client -> gateway -> batched Whisper runner."""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import openai
+import pytest
+
+from tests.integration.batching import batch_counts
+from tests.media import audio_bytes, image_bytes, noise_image, tone
+
+pytestmark = pytest.mark.integration
+
+MODEL = "demo-whisper"
+SPEECH = audio_bytes(tone(35.0, 440, 22_050), 22_050, "WAV")  # two 30 s windows
+
+
+@pytest.fixture(scope="module")
+def client(bundle_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{bundle_url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def test_json(client: openai.OpenAI) -> None:
+    result = client.audio.transcriptions.create(model=MODEL, file=("speech.wav", SPEECH))
+    assert isinstance(result.text, str) and result.text
+
+
+def test_text(client: openai.OpenAI) -> None:
+    text = client.audio.transcriptions.create(
+        model=MODEL, file=("speech.wav", SPEECH), response_format="text", language="en"
+    )
+    assert isinstance(text, str) and text.strip()
+
+
+def test_verbose_json_has_a_segment_per_30_seconds(client: openai.OpenAI) -> None:
+    result = client.audio.transcriptions.create(
+        model=MODEL, file=("speech.wav", SPEECH), response_format="verbose_json", language="de"
+    )
+    assert result.language == "de" and result.duration == pytest.approx(35.0, abs=0.01)
+    assert result.segments is not None
+    assert [(s.start, s.end) for s in result.segments] == [(0.0, 30.0), (30.0, 35.0)]
+    assert result.text == " ".join(s.text for s in result.segments if s.text)
+
+
+def test_srt_and_vtt(client: openai.OpenAI) -> None:
+    srt = client.audio.transcriptions.create(
+        model=MODEL, file=("speech.wav", SPEECH), response_format="srt"
+    )
+    vtt = client.audio.transcriptions.create(
+        model=MODEL, file=("speech.wav", SPEECH), response_format="vtt"
+    )
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:30,000\n")
+    assert "\n2\n00:00:30,000 --> 00:00:35,000\n" in srt
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:30.000\n")
+
+
+@pytest.mark.parametrize("fmt", ["FLAC", "OGG", "MP3"])
+def test_compressed_formats_and_options(client: openai.OpenAI, fmt: str) -> None:
+    data = audio_bytes(tone(2.0, 300, 44_100), 44_100, fmt)
+    result = client.audio.transcriptions.create(
+        model=MODEL, file=(f"clip.{fmt.lower()}", data), prompt="The weather", temperature=0.2
+    )
+    assert isinstance(result.text, str)
+
+
+def clip(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    samples = 0.2 * rng.standard_normal(16_000 * 3) + tone(3.0, 200 + 90 * seed, 16_000)
+    return audio_bytes(samples.astype(np.float32), 16_000, "WAV")
+
+
+def test_concurrent_requests_are_batched_without_mixing_up_answers(
+    client: openai.OpenAI, bundle_url: str
+) -> None:
+    clips = [clip(seed) for seed in range(8)]
+
+    def transcribe(data: bytes) -> str:
+        return client.audio.transcriptions.create(model=MODEL, file=("c.wav", data)).text
+
+    def burst() -> list[str]:
+        with ThreadPoolExecutor(len(clips)) as pool:
+            return list(pool.map(transcribe, clips))
+
+    with contextlib.suppress(openai.APIStatusError):
+        burst()  # trains BentoML's latency model on a batch (see test_vision.py)
+    alone = [transcribe(data) for data in clips]
+    _, multi_before = batch_counts(bundle_url, "speech")
+    together = burst()
+    assert together == alone
+    _, multi_after = batch_counts(bundle_url, "speech")
+    assert multi_after > multi_before, "no batch of more than one clip was formed"
+
+
+@pytest.mark.parametrize(
+    ("file", "fields", "error", "message"),
+    [
+        (("a.wav", b"RIFF" + bytes(200)), {}, openai.BadRequestError, "not WAV"),
+        (("a.png", image_bytes(noise_image(1)), "image/png"), {}, openai.APIStatusError, "audio/*"),
+        (("a.wav", SPEECH), {"language": "xx"}, openai.BadRequestError, "Unsupported language"),
+        (("a.wav", SPEECH), {"model": "nope"}, openai.NotFoundError, MODEL),
+        (("a.wav", audio_bytes(tone(601, 1, 1000), 1000)), {}, openai.APIStatusError, "limit"),
+    ],
+)
+def test_bad_input_is_4xx_and_the_next_request_succeeds(
+    client: openai.OpenAI,
+    file: tuple[str, bytes] | tuple[str, bytes, str],
+    fields: dict[str, str],
+    error: type[openai.APIStatusError],
+    message: str,
+) -> None:
+    kwargs = {"model": MODEL, **fields}
+    with pytest.raises(error) as err:
+        client.audio.transcriptions.create(file=file, **kwargs)  # type: ignore[call-overload]
+    assert 400 <= err.value.status_code < 500 and message in err.value.message
+    assert client.audio.transcriptions.create(model=MODEL, file=("ok.wav", clip(0))).text

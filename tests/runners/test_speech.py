@@ -1,0 +1,79 @@
+"""The Whisper wrapper behind the speech runner, on the locally built tiny demo Whisper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from runners.speech import Clip, Whisper, group_by_options
+from tests.media import tone
+
+
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory: pytest.TempPathFactory) -> Whisper:
+    from models import demo_whisper
+
+    path = tmp_path_factory.mktemp("demo-whisper")
+    demo_whisper.write(path)
+    return Whisper.load(path, device=torch.device("cpu"), max_new_tokens=12)
+
+
+def noise(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32)
+
+
+CLIPS = [tone(2.0, 440, 16_000), noise(3.0, 1), tone(1.0, 200, 16_000)]
+
+
+def test_group_by_options_keeps_first_seen_order() -> None:
+    clips = [
+        Clip(audio=CLIPS[0]),
+        Clip(audio=CLIPS[1], language="de"),
+        Clip(audio=CLIPS[2]),
+        Clip(audio=CLIPS[0], prompt="", temperature=0.0),  # an empty prompt is no prompt
+    ]
+    assert list(group_by_options(clips).items()) == [
+        ((None, None, 0.0), [0, 2, 3]),
+        (("de", None, 0.0), [1]),
+    ]
+
+
+def test_one_result_per_clip_and_each_equals_the_clip_alone(whisper: Whisper) -> None:
+    together = whisper.transcribe([Clip(audio=a) for a in CLIPS])
+    alone = [whisper.transcribe([Clip(audio=a)])[0] for a in CLIPS]
+    assert together == alone
+    assert all(r.error is None and r.text and r.tokens for r in together)
+
+
+def test_detected_or_requested_language_is_reported(whisper: Whisper) -> None:
+    detected, requested = whisper.transcribe(
+        [Clip(audio=CLIPS[0]), Clip(audio=CLIPS[0], language="de")]
+    )
+    assert detected.language in whisper.languages
+    assert requested.language == "de"
+
+
+def test_the_prompt_conditions_but_is_not_part_of_the_text(whisper: Whisper) -> None:
+    (prompted,) = whisper.transcribe([Clip(audio=CLIPS[1], prompt="zebra zebra zebra")])
+    assert prompted.error is None and prompted.text
+    assert "zebra" not in prompted.text
+
+
+def test_a_failing_options_group_fails_only_its_own_clips(whisper: Whisper) -> None:
+    good, bad, good_again = whisper.transcribe(
+        [Clip(audio=CLIPS[0]), Clip(audio=CLIPS[1], language="xx"), Clip(audio=CLIPS[2])]
+    )
+    assert bad.error and "xx" in bad.error
+    assert good.error is None and good_again.error is None and good.text
+
+
+def test_sampling_with_temperature_runs(whisper: Whisper) -> None:
+    (result,) = whisper.transcribe([Clip(audio=CLIPS[0], temperature=0.8)])
+    assert result.error is None and len(result.tokens) <= 12
+
+
+def test_info_lists_language_codes(whisper: Whisper) -> None:
+    assert {"en", "de", "fr"} <= set(whisper.languages)
+    assert whisper.sampling_rate == 16_000

