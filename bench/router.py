@@ -3,28 +3,32 @@
     .venv/bin/python -m bench.router                # starts Triton, vLLM and the gateway itself
     .venv/bin/python -m bench.router --requests 2000
 
-Starts a real Triton server (tests/servers/triton_models.py), a separate vLLM OpenAI server on
-the demo-llm weights, and the gateway (`bench.router_service`, the bundle's app without its
-runners) routing to both. One client sends requests one at a time, rotating between the direct
-and the routed paths, so every path sees the same machine state; the table gives p50/p99 of each
-and the difference. Paths:
+Starts a real Triton server (tests/servers/triton_models.py), the gateway
+(`bench.router_service`: the bundle's app without its runners) routing to it and to a separate
+vLLM OpenAI server on the demo-llm weights, which starts only once the Triton paths are measured
+(an idle vLLM still takes CPU on a small machine). One client sends requests one at a time,
+rotating between the direct and the routed paths so that every path sees the same machine state;
+the table gives p50/p99 of each and the difference. Paths:
 
-    triton  KServe HTTP `scale` infer (binary tensors): Triton directly; the gateway with a gRPC
-            backend; the gateway with an HTTP backend
-    vllm    chat completion, max_tokens 1 (whole response), and streamed (time to the first chunk)
-    router  in process: Router.predict over an adapter that answers at once, against calling
-            the adapter (breaker, timeout, metrics and fallback bookkeeping; no HTTP)
+    http hop  GET /v2/health/live: Triton's own against the gateway's (no backend call), i.e. the
+              cost of one more HTTP server in the way
+    triton    KServe HTTP `scale` infer (binary tensors): Triton directly; the gateway with a
+              gRPC backend; the gateway with an HTTP backend
+    vllm      chat completion with max_tokens 1 (whole response), and streamed (first chunk)
+    in process, no network: Router.predict over an adapter that answers at once, against the
+              adapter; a whole KServe infer through the gateway's ASGI app over an instant Triton
+              fake, against the app's /v2/health/live
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +36,16 @@ import httpx
 import numpy as np
 import tritonclient.http as httpclient
 import yaml
+from starlette.applications import Starlette
 
 from gateway.adapters.base import InferRequest, InferResponse
+from gateway.adapters.fake import FakeTriton
+from gateway.adapters.triton import TritonAdapter
+from gateway.app import create_app
 from gateway.registry import Registry, Route
 from gateway.router import Router
+from gateway.tensors import ModelMetadata, TensorSpec
+from settings import Settings
 from tests.servers.bentoml_home import isolated_home
 from tests.servers.process import ServerProcess, free_port, http_ok
 from tests.servers.triton import TritonProcess
@@ -113,7 +123,10 @@ def triton_paths(triton: TritonProcess, gateway_url: str) -> dict[str, Callable[
     wire.set_data_from_numpy(x, binary_data=True)
     direct = httpclient.InferenceServerClient(triton.http_url)
     gateway = httpclient.InferenceServerClient(gateway_url.removeprefix("http://"))
+    http = httpx.Client()
     return {
+        "triton /v2/health/live": lambda: timed(lambda: direct.is_server_live()),
+        "gateway /v2/health/live": lambda: timed(lambda: http.get(f"{gateway_url}/v2/health/live")),
         "triton direct": lambda: timed(lambda: direct.infer("scale", [wire])),
         "gateway -> triton (grpc)": lambda: timed(lambda: gateway.infer("scale", [wire])),
         "gateway -> triton (http)": lambda: timed(lambda: gateway.infer("scale-http", [wire])),
@@ -169,15 +182,59 @@ async def in_process(requests: int) -> dict[str, list[float]]:
     router = Router(Registry([Route("m", "llm", "instant", "m")]), {"instant": adapter})
     route = router.resolve("m", kinds=("llm",))
     request = InferRequest("chat", "m", {})
-    samples: dict[str, list[float]] = {"adapter": [], "router": []}
+    app = kserve_app()
+    infer = json.dumps(
+        {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    ).encode()
+    paths: dict[str, Callable[[], Awaitable[Any]]] = {
+        "adapter": lambda: adapter.predict(request),
+        "router": lambda: router.predict(route, "chat", {}),
+        "app /v2/health/live": lambda: asgi(app, "GET", "/v2/health/live", b""),
+        "app infer": lambda: asgi(app, "POST", "/v2/models/scale/infer", infer),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(requests):
-        started = time.perf_counter()
-        await adapter.predict(request)
-        samples["adapter"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        await router.predict(route, "chat", {})
-        samples["router"].append(time.perf_counter() - started)
+        for name, call in paths.items():
+            started = time.perf_counter()
+            await call()
+            samples[name].append(time.perf_counter() - started)
     return samples
+
+
+def kserve_app() -> Starlette:
+    meta = ModelMetadata(
+        "scale", "python", (),
+        (TensorSpec("INPUT0", "FP32", (-1, -1)),), (TensorSpec("OUTPUT0", "FP32", (-1, -1)),),
+    )  # fmt: skip
+    triton = FakeTriton({"scale": (meta, lambda x: {"OUTPUT0": x["INPUT0"] * 2 + 1})})
+    app = create_app()
+    app.state.settings = Settings()
+    app.state.started_at = 0.0
+    app.state.router = Router(
+        Registry([Route("scale", "tensor", "triton", "scale")]),
+        {"triton": TritonAdapter("triton", triton)},
+    )
+    return app
+
+
+async def asgi(app: Starlette, method: str, path: str, body: bytes) -> None:
+    """One request straight into the ASGI app, as a server would pass it (no client, no socket)."""
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            assert message["status"] == 200, message
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "server": ("127.0.0.1", 3000), "client": ("127.0.0.1", 1),
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+    await app(scope, receive, send)
 
 
 def rows(samples: dict[str, list[float]], baseline: str, routed: list[str]) -> list[list[str]]:
@@ -215,26 +272,27 @@ def main() -> None:
     vllm = vllm_process(served_name="remote-llm")
     gateway: ServerProcess | None = None
     try:
-        print("starting Triton, vLLM and the gateway ...", flush=True)
+        print("starting Triton and the gateway ...", flush=True)
         triton.start()
-        vllm.start()
         gateway = start_gateway(gateway_config(triton, vllm.url))
-        samples = rotate(triton_paths(triton, gateway.url), args.requests, args.warmup)
+        tri = rotate(triton_paths(triton, gateway.url), args.requests, args.warmup)
+        print("starting vLLM ...", flush=True)
+        vllm.start()
         llm = rotate(vllm_paths(vllm.url, gateway.url), args.llm_requests, args.warmup // 5)
-        local = asyncio.run(in_process(20_000))
     finally:
         if gateway is not None:
             gateway.stop()
         vllm.stop()
         triton.close()
-    table = rows(samples, "triton direct", ["gateway -> triton (grpc)", "gateway -> triton (http)"])
+    local = asyncio.run(in_process(5000))
+    table = rows(tri, "triton /v2/health/live", ["gateway /v2/health/live"])
+    table += rows(tri, "triton direct", ["gateway -> triton (grpc)", "gateway -> triton (http)"])
     table += rows(llm, "vllm direct", ["gateway -> vllm"])
     table += rows(llm, "vllm direct (first chunk)", ["gateway -> vllm (first chunk)"])
     table += rows(local, "adapter", ["router"])
+    table += rows(local, "app /v2/health/live", ["app infer"])
     print()
     print_table(table)
-    mean = statistics.fmean(local["router"]) - statistics.fmean(local["adapter"])
-    print(f"\nin-process router bookkeeping: {mean * 1e6:.1f} us per call on average")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ class Router:
         self.backends = {
             name: b if isinstance(b, Backend) else Backend(b) for name, b in backends.items()
         }
-        self.adapters = {name: b.adapter for name, b in self.backends.items()}
         self.caller_header = caller_header
 
     def resolve(self, model: object, kinds: Iterable[Kind], *, caller: str | None = None) -> Route:

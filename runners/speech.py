@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from runners import audio
 from runners.device import select_device
-from runners.metrics import BATCH_SIZE
+from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
 
 SETTINGS = get_settings()
@@ -191,7 +191,9 @@ def group_by_options(
     return groups
 
 
-@bentoml.service(name="speech", workers=1, traffic={"timeout": 600})
+@bentoml.service(
+    name="speech", workers=1, traffic={"timeout": 600}, runner_connection=RUNNER_CONNECTION
+)
 class Transcriber:
     model = bentoml.models.BentoModel(SPEECH.model)
 

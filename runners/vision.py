@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from models.store import EXPORT_FILE
 from runners import imaging
 from runners.device import select_device
-from runners.metrics import BATCH_SIZE
+from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
 
 SETTINGS = get_settings()
@@ -82,7 +82,10 @@ class Classifier:
 
     def probabilities(self, pixel_values: np.ndarray) -> np.ndarray:
         """Softmax over classes for a (N, 3, H, W) float32 batch, in one forward pass."""
-        batch = torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32))
+        pixels = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        if not pixels.flags.writeable:  # a pickle buffer straight off the wire
+            pixels = pixels.copy()
+        batch = torch.from_numpy(pixels)
         with torch.inference_mode():
             logits = self._forward(batch.to(self.device))
             return torch.softmax(logits.float(), dim=-1).cpu().numpy()
@@ -113,7 +116,9 @@ def _load_forward(path: Path, fmt: str, device: torch.device) -> tuple[Forward, 
     raise ValueError(f"unknown model format {fmt!r}: expected 'transformers' or 'torch-export'")
 
 
-@bentoml.service(name="vision", workers=1, traffic={"timeout": 600})
+@bentoml.service(
+    name="vision", workers=1, traffic={"timeout": 600}, runner_connection=RUNNER_CONNECTION
+)
 class ImageClassifier:
     model = bentoml.models.BentoModel(VISION.model)
 

@@ -76,14 +76,17 @@ class RunnerAdapter:
         self._info: Any = None
 
     async def call(self, api: str, **kwargs: Any) -> Any:
-        """`api` on the runner: its async client under `bentoml serve`, the instance in process."""
+        """`api` on the runner, with its failures as gateway errors naming this backend."""
         target = getattr(self._client, "to_async", None)
         try:
-            if target is not None:
-                return await getattr(target, api)(**kwargs)
-            return await anyio.to_thread.run_sync(
-                functools.partial(getattr(self._client, api), **kwargs)
-            )
+            try:
+                return await self._send(target, api, kwargs)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    raise  # nothing listens: the router's retries and breaker decide
+                # A pooled keep-alive connection the runner closed as we sent on it; the call
+                # did not run, or ran without effect (inference is idempotent): send it again.
+                return await self._send(target, api, kwargs)
         except BentoMLException as exc:
             raise self._runner_error(exc) from None
         except (TimeoutError, httpx.TimeoutException, aiohttp.ServerTimeoutError):
@@ -92,6 +95,13 @@ class RunnerAdapter:
             raise BackendUnavailable(self.name, _describe(exc)) from None
         except aiohttp.ClientError as exc:
             raise BackendError(self.name, _describe(exc)) from None
+
+    async def _send(self, target: Any, api: str, kwargs: dict[str, Any]) -> Any:
+        """Its async client under `bentoml serve`; the service instance itself in process."""
+        if target is not None:
+            return await getattr(target, api)(**kwargs)
+        call = functools.partial(getattr(self._client, api), **kwargs)
+        return await anyio.to_thread.run_sync(call)
 
     async def info(self) -> Any:
         """The runner's `info()`, asked once (a runner serves one model for its lifetime)."""

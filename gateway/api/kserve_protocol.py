@@ -35,20 +35,20 @@ class InputTensor(_Wire):
     name: str
     shape: list[int] = Field(min_length=0)
     datatype: str
-    parameters: dict[str, Any] = {}
+    parameters: dict[str, Any] = Field(default_factory=dict)
     data: Any = None
 
 
 class OutputRequest(_Wire):
     name: str
-    parameters: dict[str, Any] = {}
+    parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 class InferBody(_Wire):
     id: str = ""
-    parameters: dict[str, Any] = {}
+    parameters: dict[str, Any] = Field(default_factory=dict)
     inputs: list[InputTensor] = Field(min_length=1)
-    outputs: list[OutputRequest] = []
+    outputs: list[OutputRequest] = Field(default_factory=list)
 
 
 class DecodedRequest:

@@ -199,3 +199,22 @@ async def test_a_failed_clip_fails_the_request_as_a_backend_error() -> None:
         await SpeechRunnerAdapter("speech", runner).predict(
             transcribe(audio_bytes(tone(1.0, 440, 16_000), 16_000))
         )
+
+
+async def test_a_call_on_a_connection_the_runner_just_closed_is_sent_again(
+    vision: VisionRunnerAdapter, runner: FakeVisionRunner
+) -> None:
+    await vision.info()
+    runner.fail_next(aiohttp.ServerDisconnectedError())
+    result = await vision.predict(classify(image_bytes(noise_image(1))))
+    assert len(result.body) == len(LABELS)
+    assert len(runner.sent("predict")) == 2
+
+
+async def test_a_runner_that_keeps_disconnecting_is_unavailable(
+    vision: VisionRunnerAdapter, runner: FakeVisionRunner
+) -> None:
+    await vision.info()
+    runner.fail_next(aiohttp.ServerDisconnectedError(), aiohttp.ServerDisconnectedError())
+    with pytest.raises(BackendUnavailable, match="ServerDisconnected"):
+        await vision.predict(classify(image_bytes(noise_image(1))))

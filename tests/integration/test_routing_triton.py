@@ -215,14 +215,19 @@ def test_a_backend_slower_than_its_timeout(
     stack: RoutingStack, direct: httpclient.InferenceServerClient
 ) -> None:
     x = np.ones((1, 3), dtype=np.float32)
+    waits = []
     for _ in range(2):  # triton-slow: timeout 1 s, failure_threshold 2
         r, seconds = timed(lambda: infer_json(stack.url, "slow", x))
         assert r.status_code == 504, r.text
         assert "Backend 'triton-slow' did not answer within 1 s" in r.json()["error"]
         assert 1.0 <= seconds < SLEEPY_SECONDS - 0.5, seconds  # not Triton's 3 s
+        waits.append(seconds)
     r, seconds = timed(lambda: infer_json(stack.url, "slow", x))
     assert r.status_code == 503 and seconds < 1.0, seconds  # open: no waiting at all
-    print(f"\nslow: 2 timeouts of 1 s, then refused in {seconds * 1000:.1f} ms")
+    print(
+        f"\nslow: 504 after {waits[0]:.2f} s and {waits[1]:.2f} s (Triton takes "
+        f"{SLEEPY_SECONDS:g} s), then 503 breaker open in {seconds * 1000:.1f} ms"
+    )
 
     # Triton is still sleeping through the timed-out requests; once it is free and the
     # recovery time is up, a fast request is the half-open probe that closes the breaker.
