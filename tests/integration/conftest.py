@@ -13,6 +13,7 @@ be ready: only its own runners gate /readyz):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,9 +49,6 @@ def routing_config(triton: TritonProcess, flaky: TritonProcess, vllm_url: str) -
     """bundle.yaml plus remote backends and models on the given servers."""
     config = yaml.safe_load((ROOT / "bundle.yaml").read_text())
     config["llm"]["port"] = free_port()  # other bundles may run on this machine
-    # bundle.yaml's --structured-outputs-config {"disable_any_whitespace": true} makes this
-    # vLLM build refuse to start ("only supported for xgrammar and guidance backends").
-    config["llm"]["extra_args"] = []
     stable = {"kind": "triton", "timeout_s": 10}
     fast_breaker = {"failure_threshold": 3, "window_s": 30, "recovery_s": 3}
     config["routing"] = {
@@ -87,6 +85,18 @@ def routing_config(triton: TritonProcess, flaky: TritonProcess, vllm_url: str) -
         },
     }  # fmt: skip
     return config
+
+
+@pytest.fixture(scope="session")
+def bundle_url(request: pytest.FixtureRequest) -> str:
+    """Base URL of the bundle every integration test talks to: the routing stack's, so one
+    session starts one bundle. Set BUNDLE_URL to test a bundle that is already running instead
+    (tests that need the stack's remote backends then still start them).
+    """
+    if url := os.environ.get("BUNDLE_URL"):
+        return url.rstrip("/")
+    stack: RoutingStack = request.getfixturevalue("routing_stack")
+    return stack.url
 
 
 @pytest.fixture(scope="session")
