@@ -22,6 +22,7 @@ from gateway.adapters.base import InferenceAdapter, InferRequest, InferResponse
 from gateway.breaker import CircuitBreaker, CircuitOpen, Permit, State
 from gateway.errors import (
     BackendError,
+    BackendOverloaded,
     BackendTimeout,
     BackendUnavailable,
     BreakerOpen,
@@ -124,6 +125,10 @@ class Backend:
             raise BackendTimeout(self.name, self.timeout_s or 0) from None
         except BackendError as err:
             self._failed(permit, _outcome(err))
+            raise
+        except BackendOverloaded:
+            self.breaker.released(permit)  # alive but shedding load: no verdict
+            self.metrics.call("overloaded")
             raise
         except GatewayError:
             self.breaker.succeeded(permit)  # the backend answered: the request was at fault

@@ -81,6 +81,23 @@ class VersionNotFound(GatewayError):
         )
 
 
+class BackendOverloaded(GatewayError):
+    """The backend is up but shedding load (BentoML's dispatcher past max_latency_ms, a 429).
+
+    Not a failure of the backend, so it gives no verdict to its circuit breaker.
+    """
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE.value
+    type = "service_unavailable"
+
+    def __init__(self, backend: str, detail: str) -> None:
+        super().__init__(
+            f"Backend '{backend}' is overloaded, retry shortly: {detail}",
+            headers={"Retry-After": "1"},
+        )
+        self.backend = backend
+
+
 class BackendError(GatewayError):
     """The backend answered, but with a failure of its own."""
 

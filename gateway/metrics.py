@@ -49,7 +49,8 @@ class BackendMetrics:
         self._calls = {
             outcome: BACKEND_CALLS.labels(backend=backend, outcome=outcome)
             for outcome in (
-                "ok", "client_error", "error", "unavailable", "timeout", "rejected", "cancelled"
+                "ok", "client_error", "error", "unavailable", "overloaded", "timeout", "rejected",
+                "cancelled",
             )
         }  # fmt: skip
 

@@ -31,8 +31,10 @@ from bentoml.exceptions import BentoMLException
 from gateway.adapters.base import InferRequest, InferResponse
 from gateway.errors import (
     BackendError,
+    BackendOverloaded,
     BackendTimeout,
     BackendUnavailable,
+    GatewayError,
     InvalidRequest,
     PayloadTooLarge,
 )
@@ -124,10 +126,10 @@ class RunnerAdapter:
     async def aclose(self) -> None:
         self._info = None
 
-    def _runner_error(self, exc: BentoMLException) -> BackendError:
+    def _runner_error(self, exc: BentoMLException) -> GatewayError:
         status, detail = int(exc.error_code), _error_detail(str(exc))
         if status in (429, 503):  # BentoML sheds load past max_latency_ms with a 503
-            return BackendUnavailable(self.name, detail, headers={"Retry-After": "1"})
+            return BackendOverloaded(self.name, detail)
         return BackendError(self.name, f"HTTP {status}: {detail}")
 
     def _unsupported(self, request: InferRequest) -> InvalidRequest:

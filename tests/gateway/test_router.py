@@ -13,6 +13,7 @@ from gateway.backend import Backend
 from gateway.breaker import CircuitBreaker, State
 from gateway.errors import (
     BackendError,
+    BackendOverloaded,
     BackendTimeout,
     BackendUnavailable,
     BreakerOpen,
@@ -168,6 +169,17 @@ async def test_client_errors_do_not_count_against_the_backend(
     for _ in range(5):
         with pytest.raises(InvalidRequest):
             await router.predict(route(router, "solo"), "chat", {})
+    assert router.backends["primary"].breaker.state is State.CLOSED
+
+
+async def test_load_shedding_is_no_verdict_on_the_backend(
+    router: Router, primary: FakeAdapter
+) -> None:
+    primary.enqueue(*[BackendOverloaded("primary", "process is overloaded")] * 5)
+    for _ in range(5):
+        with pytest.raises(BackendOverloaded) as shed:
+            await router.predict(route(router, "solo"), "chat", {})
+        assert shed.value.status == 503 and shed.value.headers == {"Retry-After": "1"}
     assert router.backends["primary"].breaker.state is State.CLOSED
 
 

@@ -13,6 +13,7 @@ from gateway.adapters.base import InferenceAdapter, InferRequest
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.errors import (
     BackendError,
+    BackendOverloaded,
     BackendTimeout,
     BackendUnavailable,
     InvalidRequest,
@@ -98,7 +99,7 @@ async def test_info_is_asked_once(vision: VisionRunnerAdapter, runner: FakeVisio
     [
         (
             BentoMLException("process is overloaded", error_code=HTTPStatus.SERVICE_UNAVAILABLE),
-            BackendUnavailable,
+            BackendOverloaded,
             503,
         ),
         (
@@ -114,7 +115,7 @@ async def test_runner_failures_name_the_backend(
     vision: VisionRunnerAdapter,
     runner: FakeVisionRunner,
     failure: BaseException,
-    error: type[BackendError],
+    error: type[BackendError | BackendOverloaded],
     status: int,
 ) -> None:
     await vision.predict(classify(image_bytes(noise_image(1))))  # info is cached from here on
@@ -129,7 +130,7 @@ async def test_a_shed_request_says_when_to_retry(
     vision: VisionRunnerAdapter, runner: FakeVisionRunner
 ) -> None:
     runner.fail_next(BentoMLException("overloaded", error_code=HTTPStatus.SERVICE_UNAVAILABLE))
-    with pytest.raises(BackendUnavailable) as err:
+    with pytest.raises(BackendOverloaded) as err:
         await vision.predict(classify(image_bytes(noise_image(1))))
     assert err.value.headers == {"Retry-After": "1"}
 

@@ -45,7 +45,7 @@ class DemoStore:
         return CliRun(proc.stdout, proc.stderr, seconds)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # the BENTOML_HOME override must not outlive tests/models
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStore]:
     """BENTOML_HOME in a temp dir for this process and its children, with the demos created.
 
