@@ -52,7 +52,7 @@ class BreakerSettings(_Section):
 
 class _Backend(_Section):
     timeout_s: float | None = Field(None, gt=0)  # per call; streams: until the first chunk
-    retries: int = Field(0, ge=0, le=5)  # extra attempts when the backend was unreachable
+    retries: int = Field(1, ge=0, le=5)  # extra attempts when the backend was unreachable
     backoff_s: float = Field(0.05, ge=0)  # before retry n: backoff_s * 2**n, jittered
     required: bool = False  # the gateway is ready only when this backend is healthy
     breaker: BreakerSettings = BreakerSettings()

@@ -218,14 +218,11 @@ def test_client_disconnect_aborts_the_generation_upstream(bundle_url: str) -> No
     assert generated < max_tokens / 2, f"{generated} tokens: the engine kept generating"
 
 
-def engine_process() -> psutil.Process:
-    """The bundled vLLM server: the child of the LLM runner's supervisor."""
+def engine_process(port: int) -> psutil.Process:
+    """The bundled vLLM server on `port`: the child of the LLM runner's supervisor."""
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if (
-            "vllm.entrypoints.openai.api_server" in cmdline
-            and "--served-model-name demo-llm" in cmdline
-        ):
+        if "vllm.entrypoints.openai.api_server" in cmdline and f"--port {port} " in cmdline:
             parent = proc.parent()
             if parent and "runners.supervisor" in " ".join(parent.cmdline()):
                 return proc
