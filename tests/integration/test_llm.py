@@ -209,7 +209,6 @@ def test_client_disconnect_aborts_the_generation_upstream(bundle_url: str) -> No
     with httpx.stream("POST", f"{bundle_url}/v1/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
-        assert metric(bundle_url, "vllm:num_requests_running") >= 1
     deadline = time.monotonic() + 20
     while metric(bundle_url, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
