@@ -1,6 +1,6 @@
 """Vision and speech serving benchmark: the gateway with BentoML batching vs the raw model.
 
-    .venv/bin/python -m bench.vision            # about 5-8 minutes on 2 CPU cores
+    .venv/bin/python -m bench.vision            # minutes on an idle 2-core CPU, longer if shared
     .venv/bin/python -m bench.vision --quick    # a smoke run with a handful of requests
 
 1. Creates ResNet-50 and Whisper-tiny (full architectures, random weights) in a temporary
