@@ -49,6 +49,11 @@ class ClipText(BaseModel):
     text: str = ""
     tokens: list[int] = []  # the text's token ids (no special or timestamp tokens)
     language: str | None = None
+    # Whisper's quality signals, as OpenAI's verbose_json reports them: the mean log-probability
+    # of the decoded tokens (through the first end-of-text) and the probability of the
+    # no-speech token right after <|startoftranscript|>
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
     error: str | None = None  # set when this item failed; the other items still have results
 
 
@@ -77,6 +82,10 @@ class Whisper:
         self._first_special = min(processor.tokenizer.all_special_ids)
         no_timestamps = getattr(model.generation_config, "no_timestamps_token_id", None)
         self._text_only = None if no_timestamps is None else TextOnly(no_timestamps + 1)
+        vocab = processor.tokenizer.get_vocab()  # older checkpoints name it <|nocaptions|>
+        self._no_speech = vocab.get("<|nospeech|>", vocab.get("<|nocaptions|>"))
+        eos = model.generation_config.eos_token_id
+        self._eos = torch.tensor(eos if isinstance(eos, list) else [eos])
 
     @classmethod
     def load(cls, path: str | Path, *, device: torch.device, max_new_tokens: int) -> Whisper:
@@ -112,18 +121,50 @@ class Whisper:
         ).input_features.to(self.device)
         kwargs = self._generate_kwargs(language, prompt, temperature)
         with torch.inference_mode():
+            encoded = self.model.get_encoder()(features)  # once, for both uses below
+            no_speech = self._no_speech_probs(encoded, kwargs.get("prompt_ids"))
             # the dict's sequences keep Whisper's start tokens, which name the detected language
-            ids = self.model.generate(features, return_dict_in_generate=True, **kwargs).sequences
-        rows = [self._after_prompt(row) for row in ids.tolist()]
+            out = self.model.generate(
+                encoder_outputs=encoded, return_dict_in_generate=True, output_scores=True, **kwargs
+            )
+            avg_logprobs = self._avg_logprobs(out.sequences, out.scores)
+        rows = [self._after_prompt(row) for row in out.sequences.tolist()]
         texts = self.processor.batch_decode(rows, skip_special_tokens=True)
         return [
             ClipText(
                 text=text.strip(),
                 tokens=[t for t in row if t < self._first_special],
                 language=language or self._detected(row),
+                avg_logprob=avg_logprob,
+                no_speech_prob=None if no_speech is None else no_speech[i],
             )
-            for text, row in zip(texts, rows, strict=True)
+            for i, (text, row, avg_logprob) in enumerate(
+                zip(texts, rows, avg_logprobs.tolist(), strict=True)
+            )
         ]
+
+    def _no_speech_probs(self, encoded: Any, prompt_ids: torch.Tensor | None) -> list[float] | None:
+        """P(<|nospeech|>) after <|startoftranscript|> (and the prompt), as OpenAI's Whisper
+        computes it: one decoder step over the encoder output that `generate` reuses."""
+        if self._no_speech is None:
+            return None
+        start = torch.tensor([self.model.generation_config.decoder_start_token_id])
+        prefix = start if prompt_ids is None else torch.cat([prompt_ids.cpu(), start])
+        batch = encoded.last_hidden_state.shape[0]
+        ids = prefix.to(self.device).expand(batch, -1)
+        logits = self.model(encoder_outputs=encoded, decoder_input_ids=ids).logits[:, -1]
+        return torch.softmax(logits.float(), dim=-1)[:, self._no_speech].tolist()
+
+    def _avg_logprobs(
+        self, sequences: torch.Tensor, scores: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """Mean log-probability of each row's generated tokens through its first end-of-text."""
+        logprobs = self.model.compute_transition_scores(sequences, scores, normalize_logits=True)
+        generated = sequences[:, -logprobs.shape[1] :].cpu()
+        eos = torch.isin(generated, self._eos).int()
+        after_eos = (eos.cumsum(dim=1) - eos) > 0  # padding once a row has ended
+        total = logprobs.cpu().float().masked_fill(after_eos, 0.0).sum(dim=1)
+        return total / (~after_eos).sum(dim=1).clamp(min=1)
 
     def _generate_kwargs(
         self, language: str | None, prompt: str | None, temperature: float

@@ -58,6 +58,8 @@ class Segment:
     end: float
     text: str
     tokens: tuple[int, ...] = ()
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,15 @@ class SpeechRunnerAdapter(RunnerAdapter):
             language=language or next((t.language for t in texts if t.language), None),
             duration=duration,
             segments=tuple(
-                Segment(i, start, min(start + window, duration), t.text, tuple(t.tokens))
+                Segment(
+                    i,
+                    start,
+                    min(start + window, duration),
+                    t.text,
+                    tuple(t.tokens),
+                    avg_logprob=t.avg_logprob or 0.0,
+                    no_speech_prob=t.no_speech_prob or 0.0,
+                )
                 for i, (start, t) in enumerate(zip(starts, texts, strict=True))
             ),
             temperature=temperature,

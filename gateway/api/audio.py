@@ -75,16 +75,27 @@ def verbose(transcript: Transcript) -> TranscriptionVerbose:
             text=s.text,
             tokens=list(s.tokens),
             temperature=transcript.temperature,
+            avg_logprob=s.avg_logprob,
             compression_ratio=compression_ratio(s.text),
+            no_speech_prob=s.no_speech_prob,
         )
         for s in transcript.segments
     ]
     return TranscriptionVerbose(
-        language=transcript.language or "unknown",
+        language=language_name(transcript.language),
         duration=transcript.duration,
         text=transcript.text,
         segments=segments,
     )
+
+
+def language_name(code: str | None) -> str:
+    """OpenAI's verbose_json names the language ("german"); Whisper's tokens carry codes ("de")."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    if not code:
+        return "unknown"
+    return LANGUAGES.get(code, code)
 
 
 def compression_ratio(text: str) -> float:

@@ -54,12 +54,14 @@ class TranscriptionSegment(BaseModel):
     text: str
     tokens: list[int]
     temperature: float
+    avg_logprob: float
     compression_ratio: float
+    no_speech_prob: float
 
 
 class TranscriptionVerbose(BaseModel):
     task: Literal["transcribe"] = "transcribe"
-    language: str
+    language: str  # the language's English name, lower case, as OpenAI answers ("german")
     duration: float
     text: str
     segments: list[TranscriptionSegment]

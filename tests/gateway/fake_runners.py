@@ -103,6 +103,8 @@ class FakeSpeechRunner(FakeRunner):
                 f"{c.temperature:g}",
                 tokens=[1, 2, 3],
                 language=c.language or "en",
+                avg_logprob=-len(c.audio) / 16000 / 100,  # a value per clip, to see it carried
+                no_speech_prob=0.25,
             )
             for c in clips
         ]

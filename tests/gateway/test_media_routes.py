@@ -178,13 +178,14 @@ def test_openai_client_verbose_json(oai: openai.OpenAI) -> None:
     result = oai.audio.transcriptions.create(
         model="whisper", file=("a.wav", WAV), response_format="verbose_json"
     )
-    assert (result.language, result.duration) == ("en", 65.0)
+    assert (result.language, result.duration) == ("english", 65.0)
     assert result.segments is not None
-    assert [(s.id, s.start, s.end, s.seek) for s in result.segments] == [
-        (0, 0.0, 30.0, 0),
-        (1, 30.0, 60.0, 3000),
-        (2, 60.0, 65.0, 6000),
+    assert [(s.id, s.start, s.end, s.seek, s.avg_logprob) for s in result.segments] == [
+        (0, 0.0, 30.0, 0, -0.3),
+        (1, 30.0, 60.0, 3000, -0.3),
+        (2, 60.0, 65.0, 6000, -0.05),
     ]
+    assert {s.no_speech_prob for s in result.segments} == {0.25}
     assert result.segments[2].text == "5.0s - - 0" and result.segments[2].tokens == [1, 2, 3]
 
 

@@ -39,9 +39,10 @@ def test_verbose_json_has_a_segment_per_30_seconds(client: openai.OpenAI) -> Non
     result = client.audio.transcriptions.create(
         model=MODEL, file=("speech.wav", SPEECH), response_format="verbose_json", language="de"
     )
-    assert result.language == "de" and result.duration == pytest.approx(35.0, abs=0.01)
+    assert result.language == "german" and result.duration == pytest.approx(35.0, abs=0.01)
     assert result.segments is not None
     assert [(s.start, s.end) for s in result.segments] == [(0.0, 30.0), (30.0, 35.0)]
+    assert all(s.avg_logprob < 0 and 0 <= s.no_speech_prob <= 1 for s in result.segments)
     assert result.text == " ".join(s.text for s in result.segments if s.text)
 
 

@@ -43,8 +43,39 @@ def test_group_by_options_keeps_first_seen_order() -> None:
 def test_one_result_per_clip_and_each_equals_the_clip_alone(whisper: Whisper) -> None:
     together = whisper.transcribe([Clip(audio=a) for a in CLIPS])
     alone = [whisper.transcribe([Clip(audio=a)])[0] for a in CLIPS]
-    assert together == alone
+    exact = {"text", "tokens", "language", "error"}  # the floats differ in the last bits by batch
+    assert [r.model_dump(include=exact) for r in together] == [
+        r.model_dump(include=exact) for r in alone
+    ]
+    for t, a in zip(together, alone, strict=True):
+        assert t.avg_logprob == pytest.approx(a.avg_logprob, rel=1e-4)
+        assert t.no_speech_prob == pytest.approx(a.no_speech_prob, rel=1e-3)
     assert all(r.error is None and r.text and r.tokens for r in together)
+
+
+def test_quality_signals_are_a_log_probability_and_a_probability(whisper: Whisper) -> None:
+    for result in whisper.transcribe([Clip(audio=a) for a in CLIPS]):
+        assert result.avg_logprob is not None and result.no_speech_prob is not None
+        assert result.avg_logprob < 0 and 0 < result.no_speech_prob < 1
+
+
+def test_avg_logprob_stops_at_the_first_end_of_text(whisper: Whisper) -> None:
+    eos = int(whisper._eos[0])
+    # after the start token 7: row 0 decodes 5, eos, then padding; row 1 decodes 5, 6, 6
+    sequences = torch.tensor([[7, 5, eos, eos], [7, 5, 6, 6]])
+    chosen_probs = [[0.5, 0.25, 0.001], [0.5, 0.5, 0.125]]
+    vocab = whisper.model.config.vocab_size
+    scores = []
+    for step in range(3):
+        probs = torch.zeros(2, vocab)
+        for row in range(2):
+            probs[row, 0] = 1 - chosen_probs[row][step]  # the rest of the mass elsewhere
+            probs[row, sequences[row, step + 1]] = chosen_probs[row][step]
+        scores.append(probs.log())
+    averages = whisper._avg_logprobs(sequences, tuple(scores)).tolist()
+    assert averages == pytest.approx(
+        [np.log([0.5, 0.25]).mean(), np.log([0.5, 0.5, 0.125]).mean()], rel=1e-5
+    )
 
 
 def test_detected_or_requested_language_is_reported(whisper: Whisper) -> None:
