@@ -10,8 +10,9 @@
    without vLLM) with batching on, then off, and sends requests through the gateway's HTTP
    routes at concurrency 1, 8 and 32 (after sequential warm-up requests that also run through
    the training phase of BentoML's dispatcher).
-4. Prints one table: throughput, p50/p99 latency, the mean batch the runner formed, and ratios
-   to the raw forward and to the unbatched service.
+4. Prints one table: throughput and p50/p99 latency of the successful requests, the mean batch
+   the runner formed, the requests BentoML shed (503: it expected them to miss max_latency_ms),
+   and ratios to the raw forward and to the unbatched service.
 
 Other processes may share the CPU, so each served level is compared with the raw forward at its
 best batch size measured right before and right after it (the mean of the two), not with the
@@ -74,7 +75,8 @@ class Row:
     p50_ms: float | None = None
     p99_ms: float | None = None
     mean_batch: float | None = None
-    errors: int = 0
+    shed: int = 0  # 503s: BentoML refused requests it expected to miss max_latency_ms
+    errors: int = 0  # any other non-200
     budget_ms: int | None = None
     raw_ref: float | None = None  # raw forward rate measured around this served level
 
@@ -184,26 +186,30 @@ def raw_speech(path: Path) -> Callable[[int], object]:
 # --- served ------------------------------------------------------------------------------------
 
 
-async def load(send: Send, url: str, concurrency: int, n: int) -> tuple[float, list[float], int]:
-    """Send `n` requests from `concurrency` workers; (successes/s, latencies s, errors)."""
+async def load(
+    send: Send, url: str, concurrency: int, n: int
+) -> tuple[float, list[float], dict[int, int]]:
+    """Send `n` requests from `concurrency` workers: (successes/s, latencies of the successes in
+    s, count of each non-200 status)."""
     latencies: list[float] = []
-    errors = 0
+    failures: dict[int, int] = {}
     tickets = iter(range(n))
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors
         for _ in tickets:
             start = time.perf_counter()
             response = await send(client, url)
-            latencies.append(time.perf_counter() - start)
-            errors += response.status_code != 200
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                failures[response.status_code] = failures.get(response.status_code, 0) + 1
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return (n - errors) / elapsed, latencies, errors
+    return len(latencies) / elapsed, latencies, failures
 
 
 def batch_totals(url: str, runner: str) -> tuple[float, float]:
@@ -228,20 +234,22 @@ def served_rows(
         n = workload.requests[concurrency]
         before = probe()
         items0, batches0 = batch_totals(url, workload.runner)
-        rate, latencies, errors = asyncio.run(load(workload.send, url, concurrency, n))
+        rate, latencies, failures = asyncio.run(load(workload.send, url, concurrency, n))
+        shed = failures.pop(503, 0)
+        errors = sum(failures.values())
         items1, batches1 = batch_totals(url, workload.runner)
         raw = (before + probe()) / 2
-        p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+        p50, p99 = np.percentile(np.array(latencies or [np.nan]) * 1000, [50, 99])
         mean_batch = (items1 - items0) / max(1.0, batches1 - batches0)
         rows.append(
             Row(
                 workload.name, f"gateway, {mode}", workload.unit, rate, concurrency, n,
-                float(p50), float(p99), mean_batch, errors, budget_ms, raw,
+                float(p50), float(p99), mean_batch, shed, errors, budget_ms, raw,
             )
         )  # fmt: skip
         print(
             f"  {mode} c={concurrency}: {rate:.1f} {workload.unit}/s (raw {raw:.1f}), "
-            f"p99 {p99:.0f} ms, {errors} errors",
+            f"p99 {p99:.0f} ms, {shed} shed (503), other errors {failures or 0}",
             flush=True,
         )
     return rows
@@ -303,7 +311,7 @@ def table(rows: list[Row]) -> str:
     unbatched = {(r.model, r.concurrency): r.per_s for r in rows if r.path.endswith("unbatched")}
     head = (
         f"{'model':<13}{'path':<24}{'conc':>5}{'reqs':>6}{'rate/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'budget':>8}{'batch':>7}{'err':>5}{'vs raw':>8}{'vs unbat':>10}"
+        f"{'budget':>8}{'batch':>7}{'shed':>5}{'err':>5}{'vs raw':>8}{'vs unbat':>10}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -316,6 +324,7 @@ def table(rows: list[Row]) -> str:
             f"{_f(r.concurrency, 'd'):>5}{_f(r.requests if served else None, 'd'):>6}",
             f"{r.per_s:>9.1f}{_f(r.p50_ms, '.0f'):>9}{_f(r.p99_ms, '.0f'):>9}",
             f"{_f(r.budget_ms, 'd'):>8}{_f(r.mean_batch, '.1f'):>7}",
+            f"{_f(r.shed if served else None, 'd'):>5}",
             f"{_f(r.errors if served else None, 'd'):>5}{vs_raw:>8.2f}",
             f"{_f(r.per_s / base if base else None, '.2f'):>10}",
         ]
