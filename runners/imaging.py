@@ -3,7 +3,7 @@
 Pure functions over Pillow and numpy (no torchvision), so the gateway and tests use them as is::
 
     pp = Preprocessing.from_metadata(stored.metadata["preprocessing"])
-    pixels = preprocess(decode(data, max_pixels=40_000_000), pp)  # (3, 224, 224) float32
+    pixels = prepare(data, pp, max_pixels=40_000_000)  # (3, 224, 224) float32
 """
 
 from __future__ import annotations
@@ -72,13 +72,29 @@ class Preprocessing:
         return (3, self.crop_size, self.crop_size)
 
 
-def decode(data: bytes, *, max_pixels: int) -> Image.Image:
-    """An RGB image from JPEG/PNG/WebP/BMP/GIF bytes, upright per EXIF; GIFs give frame one."""
+def prepare(data: bytes, pp: Preprocessing, *, max_pixels: int) -> np.ndarray:
+    """Image file bytes to the model input (3, crop, crop), decoding no more pixels than needed."""
+    return preprocess(decode(data, max_pixels=max_pixels, min_edge=DRAFT_FACTOR * pp.resize), pp)
+
+
+# A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose shortest edge is still at
+# least this many times the resize target; the resize then anti-aliases from there. For a 12 MP
+# photo that is a 1/4 scale decode, about 3x less CPU, at a mean difference under one 8-bit level.
+DRAFT_FACTOR = 2
+
+
+def decode(data: bytes, *, max_pixels: int, min_edge: int | None = None) -> Image.Image:
+    """An RGB image from JPEG/PNG/WebP/BMP/GIF bytes, upright per EXIF; GIFs give frame one.
+
+    `min_edge`: a JPEG may be decoded at a reduced scale whose shortest edge is at least this.
+    """
     if not data:
         raise ImageError("The image file is empty.")
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
         _check_pixels(image.size, max_pixels)  # from the header, before decoding any pixel
+        if min_edge and image.format == "JPEG":
+            image.draft("RGB", (min_edge, min_edge))  # never below the requested size
         image.load()
         return to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
@@ -131,9 +147,14 @@ def preprocess(image: Image.Image, pp: Preprocessing) -> np.ndarray:
     """The model input for one RGB image: float32 array of shape (3, crop, crop)."""
     image = _resize_shortest_edge(image, pp.resize, _RESAMPLE[pp.resample])
     image = _center_crop(image, pp.crop_size)
-    scaled = np.asarray(image, dtype=np.float32) * np.float32(pp.rescale_factor)
-    pixels = (scaled - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+    # (x * rescale - mean) / std as one multiply-add per channel, in place on the CHW copy
+    std = np.asarray(pp.std, np.float32)
+    scale = (np.float32(pp.rescale_factor) / std).reshape(3, 1, 1)
+    shift = (-np.asarray(pp.mean, np.float32) / std).reshape(3, 1, 1)
+    pixels = np.asarray(image).transpose(2, 0, 1).astype(np.float32)  # a contiguous copy
+    pixels *= scale
+    pixels += shift
+    return pixels
 
 
 def preprocess_batch(images: Sequence[Image.Image], pp: Preprocessing) -> np.ndarray:

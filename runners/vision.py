@@ -157,9 +157,12 @@ class ImageClassifier:
         if not 1 <= top_k <= len(self.classifier.labels):
             raise InvalidArgument(f"top_k must be between 1 and {len(self.classifier.labels)}")
         try:
-            rgb = imaging.decode(image.read_bytes(), max_pixels=SETTINGS.limits.max_image_pixels)
+            pixels = imaging.prepare(
+                image.read_bytes(),
+                self.classifier.preprocessing,
+                max_pixels=SETTINGS.limits.max_image_pixels,
+            )[None]
         except imaging.ImageError as exc:
             raise InvalidArgument(str(exc)) from None
-        pixels = imaging.preprocess(rgb, self.classifier.preprocessing)[None]
         BATCH_SIZE.labels(runner="vision").observe(1)
         return self.classifier.top_k(self.classifier.probabilities(pixels)[0], top_k)

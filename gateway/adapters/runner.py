@@ -236,7 +236,7 @@ def top_predictions(probabilities: np.ndarray, labels: Sequence[str], k: int) ->
 
 def _prepare_image(data: bytes, pp: imaging.Preprocessing, max_pixels: int) -> np.ndarray:
     try:
-        return imaging.preprocess(imaging.decode(data, max_pixels=max_pixels), pp)
+        return imaging.prepare(data, pp, max_pixels=max_pixels)
     except imaging.ImageTooLarge as exc:
         raise PayloadTooLarge(str(exc), param="file", code="image_too_large") from None
     except imaging.ImageError as exc:

@@ -123,3 +123,34 @@ def test_preprocessing_reads_model_metadata() -> None:
 def test_bad_preprocessing_metadata_fails_loudly(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         Preprocessing.from_metadata(bad)
+
+
+def photo(size: tuple[int, int]) -> Image.Image:
+    """Smooth content, like a photo: noise upscaled (pure noise has no low frequencies)."""
+    return noise_image(3, (size[0] // 10, size[1] // 10)).resize(size, Image.Resampling.BICUBIC)
+
+
+def test_a_large_jpeg_decodes_at_a_reduced_scale_no_smaller_than_asked() -> None:
+    data = image_bytes(photo((2400, 1800)), "JPEG", quality=92)
+    assert imaging.decode(data, max_pixels=LIMIT).size == (2400, 1800)
+    assert imaging.decode(data, max_pixels=LIMIT, min_edge=512).size == (1200, 900)
+    assert imaging.decode(data, max_pixels=LIMIT, min_edge=200).size == (300, 225)  # 1/8
+    png = image_bytes(photo((800, 600)))  # only JPEG has DCT scaling
+    assert imaging.decode(png, max_pixels=LIMIT, min_edge=100).size == (800, 600)
+
+
+def test_prepare_matches_a_full_decode_within_a_level() -> None:
+    pp = Preprocessing()
+    data = image_bytes(photo((2400, 1800)), "JPEG", quality=92)
+    full = imaging.preprocess(imaging.decode(data, max_pixels=LIMIT), pp)
+    fast = imaging.prepare(data, pp, max_pixels=LIMIT)
+    # in 8-bit levels: the normalized difference times std times 255
+    levels = np.abs(fast - full) * np.asarray(pp.std, np.float32).reshape(3, 1, 1) * 255
+    assert fast.shape == full.shape == (3, 224, 224)
+    assert levels.mean() < 1.0
+
+
+def test_the_size_limit_applies_to_the_full_image_even_when_decoding_a_draft() -> None:
+    data = image_bytes(photo((2400, 1800)), "JPEG")
+    with pytest.raises(ImageTooLarge, match="2400x1800"):
+        imaging.decode(data, max_pixels=2400 * 1800 - 1, min_edge=224)
