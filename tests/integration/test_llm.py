@@ -196,9 +196,26 @@ def test_engine_metrics_are_on_the_bundle_metrics(bundle_url: str) -> None:
         assert f"# TYPE {family}" in text, family
 
 
+def settled(bundle_url: str, name: str, timeout_s: float = 30.0) -> float:
+    """`name` once the engine is idle and the value held still for a second.
+
+    The counter is global: tokens of earlier tests' requests that are still being accounted
+    would otherwise be charged to the next measurement.
+    """
+    deadline = time.monotonic() + timeout_s
+    value = metric(bundle_url, name)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        again = metric(bundle_url, name)
+        if again == value and metric(bundle_url, "vllm:num_requests_running") == 0:
+            return value
+        value = again
+    raise AssertionError(f"{name} did not settle in {timeout_s:.0f} s")
+
+
 def test_client_disconnect_aborts_the_generation_upstream(bundle_url: str) -> None:
     max_tokens = 1000
-    generated_before = metric(bundle_url, "vllm:generation_tokens_total")
+    generated_before = settled(bundle_url, "vllm:generation_tokens_total")
     body = {
         "model": MODEL,
         "prompt": "Tell a long story",
@@ -213,7 +230,7 @@ def test_client_disconnect_aborts_the_generation_upstream(bundle_url: str) -> No
     while metric(bundle_url, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert metric(bundle_url, "vllm:num_requests_running") == 0
-    generated = metric(bundle_url, "vllm:generation_tokens_total") - generated_before
+    generated = settled(bundle_url, "vllm:generation_tokens_total") - generated_before
     assert generated < max_tokens / 2, f"{generated} tokens: the engine kept generating"
 
 
