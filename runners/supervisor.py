@@ -9,8 +9,10 @@ upstream address while the engine behind it may be restarted::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -46,8 +48,14 @@ class Supervisor:
     def run(self) -> int:
         """Run until stopped (returns 0) or until the child crashes too often (returns its code)."""
         while not self._stopping.is_set():
-            self._child = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
+            # Its own process group: vLLM's API server forks an engine core and workers, which
+            # outlive a server that was killed (OOM, SIGKILL) and would hold the model's memory
+            # and cores while the restarted server loads another copy. The group takes them too.
+            self._child = subprocess.Popen(
+                self.command, preexec_fn=_die_with_parent, process_group=0
+            )
             code = self._child.wait()
+            _kill_group(self._child.pid, signal.SIGKILL)  # what the dead child left behind
             if self._stopping.is_set():
                 return 0
             now = time.monotonic()
@@ -72,12 +80,18 @@ class Supervisor:
         child = self._child
         if child is None or child.poll() is not None:
             return
-        child.terminate()
+        _kill_group(child.pid, signal.SIGTERM)
         try:
             child.wait(self.stop_timeout_s)
         except subprocess.TimeoutExpired:
             log.warning("child ignored SIGTERM for %.0f s; killing it", self.stop_timeout_s)
-            child.kill()
+        _kill_group(child.pid, signal.SIGKILL)
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    """Signal every process of the group, if any is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
 
 
 def _die_with_parent() -> None:

@@ -253,6 +253,8 @@ def test_engine_crash_is_503_naming_the_backend_then_it_is_restarted(
         pytest.skip("kills the engine: only against the bundle this session started")
     port = request.getfixturevalue("routing_stack").config["llm"]["port"]
     engine = engine_process(port)
+    forked = engine.children(recursive=True)  # vLLM's engine core and its workers
+    assert forked, "expected the server to have forked its engine processes"
     engine.kill()
     engine.wait(10)
     started = time.monotonic()
@@ -271,3 +273,5 @@ def test_engine_crash_is_503_naming_the_backend_then_it_is_restarted(
             time.sleep(2)
     assert r.choices[0].message.content is not None
     assert engine_process(port).pid != engine.pid
+    _, alive = psutil.wait_procs(forked, timeout=10)
+    assert not alive, f"the killed server's engine processes outlived it: {alive}"

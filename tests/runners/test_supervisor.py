@@ -49,3 +49,47 @@ def test_sigterm_to_the_supervisor_process_stops_its_child(tmp_path: Path) -> No
         not Path(f"/proc/{child_pid}").exists()
         or "zombie" in Path(f"/proc/{child_pid}/status").read_text()
     )
+
+
+def wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists() or "zombie" in status.read_text():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_what_a_crashed_child_forked_is_killed_with_it(tmp_path: Path) -> None:
+    """vLLM's server forks an engine core; a server killed by SIGKILL must not leave it behind."""
+    pid_file = tmp_path / "grandchild.pid"
+    code = (
+        "import os, subprocess, sys, time;"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid));"
+        "os.kill(os.getpid(), 9)"
+    )
+    sup = Supervisor([sys.executable, "-c", code], max_restarts=0)
+    assert sup.run() != 0
+    assert wait_gone(int(pid_file.read_text()))
+
+
+def test_stop_also_stops_what_the_child_forked(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    code = (
+        "import subprocess, sys, time;"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid));"
+        "time.sleep(60)"
+    )
+    sup = Supervisor([sys.executable, "-c", code], stop_timeout_s=5)
+    runner = threading.Thread(target=sup.run)
+    runner.start()
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    sup.stop()
+    runner.join(10)
+    assert wait_gone(int(pid_file.read_text()))
