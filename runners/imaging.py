@@ -9,7 +9,7 @@ Pure functions over Pillow and numpy (no torchvision), so the gateway and tests 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -155,10 +155,6 @@ def preprocess(image: Image.Image, pp: Preprocessing) -> np.ndarray:
     pixels *= scale
     pixels += shift
     return pixels
-
-
-def preprocess_batch(images: Sequence[Image.Image], pp: Preprocessing) -> np.ndarray:
-    return np.stack([preprocess(image, pp) for image in images])
 
 
 def _resize_shortest_edge(image: Image.Image, size: int, resample: int) -> Image.Image:

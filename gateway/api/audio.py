@@ -16,6 +16,7 @@ import zlib
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
 from gateway.adapters.runner import Transcript
 from gateway.api.common import caller_of, router_of
@@ -91,8 +92,6 @@ def verbose(transcript: Transcript) -> TranscriptionVerbose:
 
 def language_name(code: str | None) -> str:
     """OpenAI's verbose_json names the language ("german"); Whisper's tokens carry codes ("de")."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
     if not code:
         return "unknown"
     return LANGUAGES.get(code, code)
