@@ -16,13 +16,12 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.config import RoutingSettings
-from gateway.registry import Registry, bundled_routes
+from contract.names import BUNDLED, model_name
 
 DEFAULT_PATH = Path(__file__).with_name("bundle.yaml")
 
@@ -78,27 +77,198 @@ class GatewaySettings(_Section):
     workers: int = Field(1, ge=1)
 
 
+# --- routing: remote backends and the models they serve -------------------------------------
+# The bundled runners are always there as backends `llm`, `vision` and `speech`, serving their
+# models under their store names (demo-llm, demo-resnet, demo-whisper); this section adds remote
+# backends and models, and may tune the bundled backends (kind: runner)::
+#
+#     routing:
+#       caller_header: X-Caller-Id          # names the caller for sticky A/B splits
+#       backends:
+#         triton:
+#           kind: triton
+#           url: 10.0.0.5:8001
+#           protocol: grpc                  # or http (then the HTTP port)
+#           timeout_s: 5
+#           retries: 1                      # only when the backend could not be reached
+#           breaker: {failure_threshold: 5, window_s: 30, recovery_s: 10, half_open_max_calls: 1}
+#         big-vllm: {kind: openai, url: http://10.0.0.6:8000, timeout_s: 120}
+#         llm: {kind: runner, timeout_s: 300}      # tunes the bundled LLM backend
+#       models:
+#         resnet-trt: {backend: triton, upstream: resnet50, versions: ["1", "2"]}
+#         llama-70b:
+#           backend: big-vllm
+#           upstream: meta-llama/Llama-3.1-70B-Instruct
+#           aliases: [llama]
+#           fallback: [demo-llm]            # tried in order when llama-70b's backend fails
+#         chat:                             # an A/B split: a caller keeps its variant
+#           variants: [{model: llama-70b, weight: 90}, {model: demo-llm, weight: 10}]
+#
+# The names models, aliases and fallbacks refer to are checked when the gateway builds its router
+# (gateway/registry.py), so a typo fails the gateway's start with the path of the bad value.
+
+
+class BreakerSettings(_Section):
+    failure_threshold: int = Field(5, ge=1)  # failures within window_s that open the breaker
+    window_s: float = Field(30.0, gt=0)
+    recovery_s: float = Field(10.0, gt=0)  # open for this long, then half-open
+    half_open_max_calls: int = Field(1, ge=1)  # probes let through; all must succeed to close
+
+
+class _Backend(_Section):
+    timeout_s: float | None = Field(None, gt=0)  # per call; streams: until the first chunk
+    retries: int = Field(1, ge=0, le=5)  # extra attempts when the backend was unreachable
+    backoff_s: float = Field(0.05, ge=0)  # before retry n: backoff_s * 2**n, jittered
+    required: bool = False  # the gateway is ready only when this backend is healthy
+    breaker: BreakerSettings = BreakerSettings()
+
+
+class RunnerBackend(_Backend):
+    """A runner of this bundle (llm, vision, speech); BentoML wires its address."""
+
+    kind: Literal["runner"]
+    required: bool = True
+
+
+class OpenAIBackend(_Backend):
+    """Any OpenAI-compatible server: vLLM, SGLang, ..."""
+
+    kind: Literal["openai"]
+    url: str = Field(pattern=r"^(https?|tcp|unix|file)://")
+    timeout_s: float | None = Field(600.0, gt=0)
+    api_key: str | None = None
+
+
+class TritonBackend(_Backend):
+    """A Triton Inference Server (or any KServe V2 server)."""
+
+    kind: Literal["triton"]
+    url: str = Field(pattern=r"^[^/\s]+:\d+$")  # host:port, of the gRPC or the HTTP endpoint
+    protocol: Literal["http", "grpc"] = "grpc"
+    timeout_s: float | None = Field(60.0, gt=0)
+
+
+Backend = Annotated[RunnerBackend | OpenAIBackend | TritonBackend, Field(discriminator="kind")]
+
+
+class Variant(_Section):
+    model: str
+    weight: int = Field(ge=0)
+
+
+class ModelSettings(_Section):
+    backend: str | None = None  # or `variants`
+    upstream: str | None = None  # the model's name at the backend; default: this name
+    # Its kind follows from the backend: openai -> llm, triton -> tensor, runner -> the runner's.
+    aliases: list[str] = []
+    versions: list[str] = []  # versions clients may name on /v2; passed on to the backend
+    fallback: list[str] = []  # models tried in order when this one's backend fails
+    variants: list[Variant] = []
+
+    @model_validator(mode="after")
+    def _backend_or_variants(self) -> ModelSettings:
+        if (self.backend is None) == (not self.variants):
+            raise ValueError("give either 'backend' or 'variants'")
+        if self.variants and (self.upstream or self.versions or self.fallback):
+            raise ValueError("a split ('variants') takes no upstream, versions or fallback")
+        if self.variants and sum(v.weight for v in self.variants) == 0:
+            raise ValueError("the variants' weights add up to 0")
+        return self
+
+
+class RoutingSettings(_Section):
+    caller_header: str = "X-Caller-Id"
+    backends: dict[str, Backend] = {}
+    models: dict[str, ModelSettings] = {}
+
+    @model_validator(mode="after")
+    def _runner_names(self) -> RoutingSettings:
+        for name, backend in self.backends.items():
+            if isinstance(backend, RunnerBackend) and name not in BUNDLED:
+                raise ValueError(
+                    f"backends.{name}: kind 'runner' is for the bundled runners "
+                    f"({', '.join(BUNDLED)}), not '{name}'"
+                )
+            if name in BUNDLED and not isinstance(backend, RunnerBackend):
+                raise ValueError(f"backends.{name}: the name is the bundled runner's")
+        return self
+
+
+# --- the request pipeline: keys, limits, admission, cache, access log -----------------------
+
+
+class KeySettings(_Section):
+    """One API key, stored as the SHA-256 of the key (`python -m gateway.keys new NAME`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")  # what logs, metrics and errors show
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    models: list[str] = []  # allowed model names (globs, "demo-*"); empty: every model
+    rpm: int | None = Field(None, ge=1)  # requests per minute
+    tpm: int | None = Field(None, ge=1)  # tokens per minute, prompt + completion
+    max_parallel: int | None = Field(None, ge=1)  # requests in flight
+
+
+class AuthSettings(_Section):
+    """No keys anywhere: auth is off. Any key: every /v1 and /v2 request needs one."""
+
+    keys: list[KeySettings] = []
+    # More keys from a YAML file (a list of entries like `keys`) named by this environment
+    # variable, so a Kubernetes or BentoCloud secret can supply them.
+    keys_file_env: str = "BUNDLE_KEYS_FILE"
+    protect_ops: bool = False  # /metrics and /status need a key too (/livez, /readyz never)
+
+
+class RateLimitSettings(_Section):
+    # memory:// (one gateway worker) or redis://host:port/db (across workers and replicas)
+    storage: str = Field("memory://", pattern=r"^(memory|redis|rediss)://")
+    fail_open: bool = True  # storage down: let requests through (logged, counted) or 503
+    prefix: str = "bundle"  # key prefix in the shared storage
+
+
+class AdmissionSettings(_Section):
+    """Per backend: requests sent at once, requests waiting, and how long one may wait."""
+
+    max_inflight: int = Field(64, ge=1)
+    max_queue: int = Field(256, ge=0)
+    queue_timeout_s: float = Field(30.0, gt=0)
+
+
+class CacheSettings(_Section):
+    """An exact-match response cache for deterministic requests, opt-in per model."""
+
+    models: list[str] = []  # model names (globs); empty: no caching
+    ttl_s: float = Field(300.0, gt=0)
+    max_entries: int = Field(10_000, ge=1)  # memory storage: least recently used evicted
+    max_entry_bytes: int = Field(1024 * 1024, ge=1)  # larger responses are not cached
+    storage: str = Field("memory://", pattern=r"^(memory|redis|rediss)://")
+
+
+class LogSettings(_Section):
+    access_log: bool = True  # one line per finished /v1 and /v2 request
+    format: Literal["json", "text"] = "json"
+    request_id_header: str = "X-Request-Id"
+
+
 class Settings(_Section):
     llm: LLMSettings = LLMSettings()
     vision: VisionSettings = VisionSettings()
     speech: SpeechSettings = SpeechSettings()
     limits: LimitSettings = LimitSettings()
     gateway: GatewaySettings = GatewaySettings()
-    routing: RoutingSettings = RoutingSettings()  # remote backends and models: gateway/config.py
+    routing: RoutingSettings = RoutingSettings()
+    auth: AuthSettings = AuthSettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
+    # keyed by backend name (llm, vision, speech, or a remote backend); others get the default
+    admission: dict[str, AdmissionSettings] = {}
+    cache: CacheSettings = CacheSettings()
+    log: LogSettings = LogSettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def bundled_models(self) -> tuple[str, str, str]:
         """The names the bundled LLM, image and speech models are served under."""
-        llm = self.llm.served_name or self.llm.model.split(":")[0]
-        return llm, self.vision.model.split(":")[0], self.speech.model.split(":")[0]
+        llm = self.llm.served_name or model_name(self.llm.model)
+        return llm, model_name(self.vision.model), model_name(self.speech.model)
 
-    @model_validator(mode="after")
-    def _routes_resolve(self) -> Settings:
-        try:
-            Registry.from_settings(self.routing, bundled_routes(*self.bundled_models()))
-        except ValueError as exc:
-            raise ValueError(f"routing: {exc}") from None
-        return self
 
 
 class SettingsError(ValueError):

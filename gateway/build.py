@@ -17,7 +17,7 @@ from gateway.adapters.triton import TritonAdapter
 from gateway.adapters.triton_transport import make_transport
 from gateway.backend import Backend
 from gateway.breaker import CircuitBreaker
-from gateway.config import OpenAIBackend, RoutingSettings, RunnerBackend, TritonBackend
+from settings import OpenAIBackend, RoutingSettings, RunnerBackend, TritonBackend
 from gateway.metrics import BackendMetrics
 from gateway.registry import Registry, Route
 from gateway.router import Router

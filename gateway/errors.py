@@ -5,6 +5,9 @@ Routes raise these; `openai_error_response` renders them in OpenAI's shape on /v
 
     GatewayError                 500
     ├── InvalidRequest           400  (PayloadTooLarge 413, UnsupportedMediaType 415)
+    ├── Unauthorized             401  missing or unknown API key
+    ├── PermissionDenied         403  the key may not use this model
+    ├── RateLimited              429  with Retry-After and x-ratelimit-* headers
     ├── ModelNotFound            404
     ├── VersionNotFound          404
     └── BackendError             502  names the backend
@@ -54,6 +57,32 @@ class PayloadTooLarge(InvalidRequest):
 
 class UnsupportedMediaType(InvalidRequest):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE.value
+
+
+class Unauthorized(GatewayError):
+    status = HTTPStatus.UNAUTHORIZED.value
+    type = "invalid_request_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+class PermissionDenied(GatewayError):
+    status = HTTPStatus.FORBIDDEN.value
+    type = "permission_error"
+
+    def __init__(self, message: str, *, param: str | None = "model") -> None:
+        super().__init__(message, param=param, code="model_not_allowed")
+
+
+class RateLimited(GatewayError):
+    """A key is over one of its limits; `headers` carry Retry-After and x-ratelimit-*."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS.value
+    type = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, headers: dict[str, str]) -> None:
+        super().__init__(message, code="rate_limit_exceeded", headers=headers)
 
 
 class ModelNotFound(GatewayError):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.config import ModelSettings, RoutingSettings
+from settings import ModelSettings, RoutingSettings
 
 Kind = Literal["llm", "image", "speech", "tensor"]
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import OpenAIBackend, TritonBackend
+from settings import OpenAIBackend, TritonBackend
 from gateway.registry import Registry, Route, Split, Variant, bundled_routes
 from settings import Settings, SettingsError, parse_settings
 

@@ -1,0 +1,18 @@
+"""The bundled runners' names and how a model tag becomes the name clients use.
+
+Each bundled runner is a BentoML service and, in the gateway, a backend of the same name.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+LLM: Final = "llm"
+VISION: Final = "vision"
+SPEECH: Final = "speech"
+BUNDLED: Final = (LLM, VISION, SPEECH)
+
+
+def model_name(tag: str) -> str:
+    """The name a model is served under: its store tag without the version (demo-llm:abc -> demo-llm)."""
+    return tag.split(":", 1)[0]
