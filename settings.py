@@ -270,7 +270,6 @@ class Settings(_Section):
         return llm, model_name(self.vision.model), model_name(self.speech.model)
 
 
-
 class SettingsError(ValueError):
     """The configuration file is missing, not YAML, or has a bad value."""
 

@@ -39,13 +39,13 @@ import yaml
 from starlette.applications import Starlette
 
 from gateway.adapters.base import InferRequest, InferResponse
-from gateway.adapters.fake import FakeTriton
 from gateway.adapters.triton import TritonAdapter
 from gateway.app import create_app
 from gateway.registry import Registry, Route
 from gateway.router import Router
 from gateway.tensors import ModelMetadata, TensorSpec
 from settings import Settings
+from tests.fakes import FakeTriton
 from tests.servers.bentoml_home import isolated_home
 from tests.servers.process import ServerProcess, free_port, http_ok
 from tests.servers.triton import TritonProcess

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import bentoml
 
+from contract.names import model_name
 from gateway.adapters.base import InferenceAdapter
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.app import create_app
-from gateway.bundle import model_name
 from gateway.registry import Registry, Route
 from gateway.router import Router
 from runners.speech import Transcriber

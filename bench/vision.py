@@ -160,7 +160,7 @@ def raw_vision(path: Path, metadata: dict[str, Any]) -> tuple[Callable[[int], ob
     """The batch runner, and the gateway's per-image preprocessing cost in ms (for the notes)."""
     import torch
 
-    from runners import imaging
+    from contract import imaging
     from runners.vision import Classifier
 
     classifier = Classifier.load(path, metadata, device=torch.device("cpu"))
@@ -176,7 +176,8 @@ def raw_vision(path: Path, metadata: dict[str, Any]) -> tuple[Callable[[int], ob
 def raw_speech(path: Path) -> Callable[[int], object]:
     import torch
 
-    from runners.speech import Clip, Whisper
+    from contract.speech import Clip
+    from runners.speech import Whisper
 
     whisper = Whisper.load(path, device=torch.device("cpu"), max_new_tokens=WHISPER_TOKENS)
     clips = [Clip(audio=clip(0)) for _ in range(8)]

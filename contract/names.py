@@ -14,5 +14,5 @@ BUNDLED: Final = (LLM, VISION, SPEECH)
 
 
 def model_name(tag: str) -> str:
-    """The name a model is served under: its store tag without the version (demo-llm:abc -> demo-llm)."""
+    """The name a model is served under: its tag without the version (demo-llm:v1 -> demo-llm)."""
     return tag.split(":", 1)[0]

@@ -17,10 +17,10 @@ from gateway.adapters.triton import TritonAdapter
 from gateway.adapters.triton_transport import make_transport
 from gateway.backend import Backend
 from gateway.breaker import CircuitBreaker
-from settings import OpenAIBackend, RoutingSettings, RunnerBackend, TritonBackend
 from gateway.metrics import BackendMetrics
 from gateway.registry import Registry, Route
 from gateway.router import Router
+from settings import OpenAIBackend, RoutingSettings, RunnerBackend, TritonBackend
 
 BackendSettings = RunnerBackend | OpenAIBackend | TritonBackend
 

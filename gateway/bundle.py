@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.names import LLM, SPEECH, VISION
 from gateway.adapters.base import InferenceAdapter
 from gateway.adapters.openai import OpenAIAdapter, make_client
 from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.build import build_router
-from gateway.registry import bundled_routes
+from gateway.registry import bundled_routes, check_routing
 from gateway.router import Router
 from settings import Settings
 
@@ -25,16 +26,13 @@ def dependency_url(dependency: Any) -> str:
     return str(dependency.url)
 
 
-def model_name(tag: str) -> str:
-    return tag.split(":")[0]
-
-
 def bundled_router(settings: Settings, *, llm_url: str, vision: Any, speech: Any) -> Router:
     """A router over the three bundled runners and the configured remote backends."""
+    check_routing(settings)  # before any client is made
     adapters: dict[str, InferenceAdapter] = {
-        "llm": OpenAIAdapter("llm", make_client(llm_url, timeout_s=settings.gateway.timeout_s)),
-        "vision": PixelTensorAdapter(VisionRunnerAdapter("vision", vision)),
-        "speech": SpeechRunnerAdapter("speech", speech),
+        LLM: OpenAIAdapter(LLM, make_client(llm_url, timeout_s=settings.gateway.timeout_s)),
+        VISION: PixelTensorAdapter(VisionRunnerAdapter(VISION, vision)),
+        SPEECH: SpeechRunnerAdapter(SPEECH, speech),
     }
     routes = bundled_routes(*settings.bundled_models())
     return build_router(settings.routing, bundled=adapters, bundled_routes=routes)

@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from settings import ModelSettings, RoutingSettings
+from contract.names import LLM, SPEECH, VISION
+from settings import ModelSettings, RoutingSettings, Settings, SettingsError
 
 Kind = Literal["llm", "image", "speech", "tensor"]
 
 BACKEND_KINDS: dict[str, Kind] = {"openai": "llm", "triton": "tensor"}
-RUNNER_KINDS: dict[str, Kind] = {"llm": "llm", "vision": "image", "speech": "speech"}
+RUNNER_KINDS: dict[str, Kind] = {LLM: "llm", VISION: "image", SPEECH: "speech"}
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,6 @@ class Registry:
     def aliases_of(self, name: str) -> list[str]:
         return [alias for alias, target in self._aliases.items() if target == name]
 
-    def splits(self) -> list[Split]:
-        return list(self._splits.values())
-
     def __iter__(self) -> Iterator[Route | Split]:
         return iter(self.entries())
 
@@ -181,10 +179,20 @@ class Registry:
 def bundled_routes(llm: str, image: str, speech: str) -> list[Route]:
     """The bundle's own runners, each model under its store name."""
     return [
-        Route(llm, "llm", "llm", llm),
-        Route(image, "image", "vision", image),
-        Route(speech, "speech", "speech", speech),
+        Route(llm, "llm", LLM, llm),
+        Route(image, "image", VISION, image),
+        Route(speech, "speech", SPEECH, speech),
     ]
+
+
+def check_routing(settings: Settings) -> Registry:
+    """The registry of `settings`, or a SettingsError naming the first name that does not resolve.
+
+    The gateway calls it before it makes any client, so a typo fails its start."""
+    try:
+        return Registry.from_settings(settings.routing, bundled_routes(*settings.bundled_models()))
+    except ValueError as exc:
+        raise SettingsError(f"routing: {exc}") from None
 
 
 def _route(name: str, model: ModelSettings, routing: RoutingSettings) -> Route:

@@ -84,12 +84,3 @@ def dtype_of(datatype: str) -> np.dtype[Any]:
     except KeyError:
         known = ", ".join(DTYPES)
         raise ValueError(f"unsupported datatype '{datatype}' (supported: {known})") from None
-
-
-def datatype_of(array: np.ndarray) -> str:
-    if array.dtype == np.object_ or array.dtype.kind in "SU":
-        return "BYTES"
-    for name, dtype in DTYPES.items():
-        if dtype == array.dtype:
-            return name
-    raise ValueError(f"no KServe datatype for numpy dtype {array.dtype}")

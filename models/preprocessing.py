@@ -8,17 +8,19 @@ Keys, all required::
     resample:       "nearest" | "bilinear" | "bicubic" | "lanczos" | "box" | "hamming"
     rescale_factor: float  multiply uint8 pixels by this (1/255) before normalising
 
-The runner applies it with Pillow/numpy/torch only (torchvision is unusable on the CPU build).
+The schema is `contract.imaging.Preprocessing`; this module derives it from, and turns it into,
+transformers image processor configs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-KEYS = ("resize", "crop_size", "mean", "std", "resample", "rescale_factor")
+from contract.imaging import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+KEYS = tuple(f.name for f in fields(Preprocessing))
 
 # PIL.Image.Resampling codes, as stored in transformers image processor configs.
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -27,14 +29,7 @@ PIL_RESAMPLE_CODE = {name: code for code, name in _PIL_RESAMPLE.items()}
 
 def imagenet(resize: int = 256, crop_size: int = 224, resample: str = "bilinear") -> dict[str, Any]:
     """The classic ImageNet recipe: resize 256, center crop 224, ImageNet mean/std."""
-    return {
-        "resize": resize,
-        "crop_size": crop_size,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "resample": resample,
-        "rescale_factor": 1 / 255,
-    }
+    return Preprocessing(resize=resize, crop_size=crop_size, resample=resample).metadata()
 
 
 def _side(size: Any) -> int:
@@ -66,18 +61,16 @@ def from_image_processor(config: Mapping[str, Any]) -> dict[str, Any]:
     resample = config.get("resample", 2)
     do_rescale = config.get("do_rescale", True)
     do_normalize = config.get("do_normalize", True)
-    return {
-        "resize": resize,
-        "crop_size": crop_size,
-        "mean": [float(x) for x in config.get("image_mean", IMAGENET_MEAN)]
-        if do_normalize
-        else [0.0] * 3,
-        "std": [float(x) for x in config.get("image_std", IMAGENET_STD)]
-        if do_normalize
-        else [1.0] * 3,
-        "resample": _PIL_RESAMPLE.get(int(resample), "bilinear"),
-        "rescale_factor": float(config.get("rescale_factor", 1 / 255)) if do_rescale else 1.0,
-    }
+    mean = config.get("image_mean", IMAGENET_MEAN) if do_normalize else (0.0,) * 3
+    std = config.get("image_std", IMAGENET_STD) if do_normalize else (1.0,) * 3
+    return Preprocessing(
+        resize=resize,
+        crop_size=crop_size,
+        mean=tuple(float(x) for x in mean),  # type: ignore[arg-type]
+        std=tuple(float(x) for x in std),  # type: ignore[arg-type]
+        resample=_PIL_RESAMPLE.get(int(resample), "bilinear"),
+        rescale_factor=float(config.get("rescale_factor", 1 / 255)) if do_rescale else 1.0,
+    ).metadata()
 
 
 def to_image_processor_config(prep: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import sys
 import bentoml
 import httpx
 
+from contract.names import LLM as NAME
+from contract.names import model_name
 from settings import LLMSettings, get_settings
 
 SETTINGS = get_settings().llm
@@ -50,11 +52,11 @@ def _has_cuda() -> bool:
 
 
 def served_name(settings: LLMSettings) -> str:
-    return settings.served_name or settings.model.split(":")[0]
+    return settings.served_name or model_name(settings.model)
 
 
 @bentoml.service(
-    name="llm",
+    name=NAME,
     http={"proxy_port": SETTINGS.port},
     traffic={"timeout": 3600},  # long streams must not be cut
     workers=1,

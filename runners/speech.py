@@ -15,15 +15,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
 import numpy as np
 import torch
-from bentoml.validators import TensorSchema
-from pydantic import BaseModel, Field
 
-from runners import audio
+from contract import audio
+from contract.names import SPEECH as SPEECH_NAME
+from contract.speech import Clip, ClipText, SpeechInfo
 from runners.device import select_device
 from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
@@ -31,37 +31,6 @@ from settings import get_settings
 SETTINGS = get_settings()
 SPEECH = SETTINGS.speech
 log = logging.getLogger("runners.speech")
-
-
-class Clip(BaseModel):
-    """At most 30 s of mono float32 audio at the model's sampling rate, with decoding options."""
-
-    audio: Annotated[np.ndarray, TensorSchema("numpy-array", "float32")]
-    language: str | None = None  # ISO code ("en") or name ("english"); None detects it
-    prompt: str | None = None  # earlier text that conditions the transcript (Whisper prompt_ids)
-    temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # 0 decodes greedily
-
-    def options(self) -> tuple[str | None, str | None, float]:
-        return (self.language, self.prompt or None, self.temperature)
-
-
-class ClipText(BaseModel):
-    text: str = ""
-    tokens: list[int] = []  # the text's token ids (no special or timestamp tokens)
-    language: str | None = None
-    # Whisper's quality signals, as OpenAI's verbose_json reports them: the mean log-probability
-    # of the decoded tokens (through the first end-of-text) and the probability of the
-    # no-speech token right after <|startoftranscript|>
-    avg_logprob: float | None = None
-    no_speech_prob: float | None = None
-    error: str | None = None  # set when this item failed; the other items still have results
-
-
-class SpeechInfo(BaseModel):
-    model: str
-    sampling_rate: int
-    languages: list[str]  # the codes `language` accepts; empty for English-only models
-    chunk_seconds: float
 
 
 class Whisper:
@@ -97,8 +66,11 @@ class Whisper:
         return cls(model, processor, device=device, max_new_tokens=max_new_tokens)
 
     @property
-    def languages(self) -> list[str]:
-        return sorted(self._lang_codes)
+    def languages(self) -> dict[str, str]:
+        """The language codes this model takes, with OpenAI's names for them ("de": "german")."""
+        from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+        return {code: LANGUAGES.get(code, code) for code in sorted(self._lang_codes)}
 
     def transcribe(self, clips: Sequence[Clip]) -> list[ClipText]:
         """One result per clip, in order; a failing options group fails only its own items."""
@@ -233,7 +205,7 @@ def group_by_options(
 
 
 @bentoml.service(
-    name="speech", workers=1, traffic={"timeout": 600}, runner_connection=RUNNER_CONNECTION
+    name=SPEECH_NAME, workers=1, traffic={"timeout": 600}, runner_connection=RUNNER_CONNECTION
 )
 class Transcriber:
     model = bentoml.models.BentoModel(SPEECH.model)
@@ -252,7 +224,7 @@ class Transcriber:
     )
     def transcribe(self, clips: list[Clip]) -> list[ClipText]:
         """Text for each clip of at most 30 s (see `info` for the sampling rate)."""
-        BATCH_SIZE.labels(runner="speech").observe(len(clips))
+        BATCH_SIZE.labels(runner=SPEECH_NAME).observe(len(clips))
         return self.whisper.transcribe(clips)
 
     @bentoml.api

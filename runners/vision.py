@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType, DType
-from pydantic import BaseModel
 
+from contract import imaging
+from contract.names import VISION as VISION_NAME
+from contract.vision import Prediction, VisionInfo, top_k
 from models.store import EXPORT_FILE
-from runners import imaging
 from runners.device import select_device
 from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
@@ -34,21 +35,6 @@ SETTINGS = get_settings()
 VISION = SETTINGS.vision
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
-
-
-class VisionInfo(BaseModel):
-    """What a caller needs to prepare inputs and read outputs."""
-
-    model: str
-    labels: list[str]
-    preprocessing: dict[str, Any]
-    input_shape: tuple[int, int, int]
-
-
-class Prediction(BaseModel):
-    label: str
-    index: int
-    score: float
 
 
 class Classifier:
@@ -91,16 +77,7 @@ class Classifier:
             return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[Prediction]:
-        return [
-            Prediction(label=self.labels[i], index=i, score=float(probabilities[i]))
-            for i in top_k_indices(probabilities, k)
-        ]
-
-
-def top_k_indices(probabilities: np.ndarray, k: int) -> list[int]:
-    """Indices of the k highest scores, highest first (ties by lower index)."""
-    order = np.argsort(-probabilities, kind="stable")
-    return [int(i) for i in order[:k]]
+        return top_k(probabilities, self.labels, k)
 
 
 def _load_forward(path: Path, fmt: str, device: torch.device) -> tuple[Forward, list[str]]:
@@ -117,7 +94,7 @@ def _load_forward(path: Path, fmt: str, device: torch.device) -> tuple[Forward, 
 
 
 @bentoml.service(
-    name="vision", workers=1, traffic={"timeout": 600}, runner_connection=RUNNER_CONNECTION
+    name=VISION_NAME, workers=1, traffic={"timeout": 600}, runner_connection=RUNNER_CONNECTION
 )
 class ImageClassifier:
     model = bentoml.models.BentoModel(VISION.model)
@@ -136,7 +113,7 @@ class ImageClassifier:
     )
     def predict(self, pixel_values: Annotated[np.ndarray, DType("float32")]) -> np.ndarray:
         """Class probabilities (N, classes) for preprocessed pixels (N, 3, H, W), see `info`."""
-        BATCH_SIZE.labels(runner="vision").observe(len(pixel_values))
+        BATCH_SIZE.labels(runner=VISION_NAME).observe(len(pixel_values))
         return self.classifier.probabilities(pixel_values)
 
     @bentoml.api
@@ -145,7 +122,7 @@ class ImageClassifier:
         return VisionInfo(
             model=self.tag,
             labels=self.classifier.labels,
-            preprocessing={k: getattr(pp, k) for k in pp.__dataclass_fields__},
+            preprocessing=pp.metadata(),
             input_shape=pp.input_shape,
         )
 
@@ -164,5 +141,5 @@ class ImageClassifier:
             )[None]
         except imaging.ImageError as exc:
             raise InvalidArgument(str(exc)) from None
-        BATCH_SIZE.labels(runner="vision").observe(1)
+        BATCH_SIZE.labels(runner=VISION_NAME).observe(1)
         return self.classifier.top_k(self.classifier.probabilities(pixels)[0], top_k)

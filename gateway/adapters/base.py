@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 Task = Literal["chat", "completion", "classify", "transcribe", "infer"]
 
@@ -29,7 +29,29 @@ class InferResponse:
     status: int = 200
 
 
-@runtime_checkable
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    start: float  # seconds
+    end: float
+    text: str
+    tokens: tuple[int, ...] = ()
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The body of a `transcribe` response, whichever backend made it."""
+
+    text: str
+    language: str | None  # ISO code
+    duration: float  # seconds of audio
+    segments: tuple[Segment, ...]
+    temperature: float = 0.0
+    language_name: str | None = None  # as OpenAI names it ("german")
+
+
 class InferenceAdapter(Protocol):
     name: str  # the backend's name, used in errors, metrics and the status endpoint
 

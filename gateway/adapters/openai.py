@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 
@@ -89,11 +88,6 @@ class OpenAIAdapter:
         except httpx.HTTPError:
             return False
         return r.status_code == 200
-
-    async def models(self) -> list[dict[str, Any]]:
-        r = await self._client.get("/v1/models", headers=self._headers, timeout=5.0)
-        r.raise_for_status()
-        return list(r.json().get("data", []))
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -28,7 +27,10 @@ import httpx
 import numpy as np
 from bentoml.exceptions import BentoMLException
 
-from gateway.adapters.base import InferRequest, InferResponse
+from contract import audio, imaging, vision
+from contract.speech import Clip
+from contract.vision import Prediction
+from gateway.adapters.base import InferRequest, InferResponse, Segment, Transcript
 from gateway.errors import (
     BackendError,
     BackendOverloaded,
@@ -38,37 +40,8 @@ from gateway.errors import (
     InvalidRequest,
     PayloadTooLarge,
 )
-from runners import audio, imaging
-from runners.speech import Clip
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    index: int
-    score: float
-
-
-@dataclass(frozen=True)
-class Segment:
-    id: int
-    start: float  # seconds
-    end: float
-    text: str
-    tokens: tuple[int, ...] = ()
-    avg_logprob: float = 0.0
-    no_speech_prob: float = 0.0
-
-
-@dataclass(frozen=True)
-class Transcript:
-    text: str
-    language: str | None
-    duration: float  # seconds of audio
-    segments: tuple[Segment, ...]
-    temperature: float = 0.0
 
 
 class RunnerAdapter:
@@ -160,7 +133,7 @@ class VisionRunnerAdapter(RunnerAdapter):
         pp = imaging.Preprocessing.from_metadata(info.preprocessing)
         pixels = await _in_thread(_prepare_image, data, pp, max_pixels)
         probabilities = (await self._probabilities(pixels[None]))[0]
-        return top_predictions(probabilities, labels, k)
+        return vision.top_k(probabilities, labels, k)
 
     async def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         result = await self.call("predict", pixel_values=pixels)
@@ -208,9 +181,11 @@ class SpeechRunnerAdapter(RunnerAdapter):
         if errors := [t.error for t in texts if t.error]:
             raise BackendError(self.name, errors[0])
         duration = audio.duration(samples, sample_rate=rate)
+        code = language or next((t.language for t in texts if t.language), None)
         return Transcript(
             text=" ".join(t.text for t in texts if t.text),
-            language=language or next((t.language for t in texts if t.language), None),
+            language=code,
+            language_name=info.languages.get(code, code) if code else None,
             duration=duration,
             segments=tuple(
                 Segment(
@@ -226,12 +201,6 @@ class SpeechRunnerAdapter(RunnerAdapter):
             ),
             temperature=temperature,
         )
-
-
-def top_predictions(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[Prediction]:
-    """The k most probable classes, highest first (ties go to the lower index)."""
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [Prediction(labels[i], int(i), float(probabilities[i])) for i in order]
 
 
 def _prepare_image(data: bytes, pp: imaging.Preprocessing, max_pixels: int) -> np.ndarray:

@@ -16,9 +16,8 @@ import zlib
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
-from gateway.adapters.runner import Transcript
+from gateway.adapters.base import Transcript
 from gateway.api.common import caller_of, router_of
 from gateway.api.media_protocol import (
     TranscriptionParams,
@@ -83,18 +82,11 @@ def verbose(transcript: Transcript) -> TranscriptionVerbose:
         for s in transcript.segments
     ]
     return TranscriptionVerbose(
-        language=language_name(transcript.language),
+        language=transcript.language_name or transcript.language or "unknown",
         duration=transcript.duration,
         text=transcript.text,
         segments=segments,
     )
-
-
-def language_name(code: str | None) -> str:
-    """OpenAI's verbose_json names the language ("german"); Whisper's tokens carry codes ("de")."""
-    if not code:
-        return "unknown"
-    return LANGUAGES.get(code, code)
 
 
 def compression_ratio(text: str) -> float:

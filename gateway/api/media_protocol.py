@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contract.vision import Prediction
 from gateway.errors import InvalidRequest
 
 P = TypeVar("P", bound=BaseModel)
@@ -31,15 +32,9 @@ class TranscriptionParams(_Params):
     response_format: Literal["json", "text", "verbose_json", "srt", "vtt"] = "json"
 
 
-class ClassificationPrediction(BaseModel):
-    label: str
-    index: int
-    score: float
-
-
 class ClassificationResponse(BaseModel):
     model: str
-    predictions: list[ClassificationPrediction]
+    predictions: list[Prediction]
 
 
 class TranscriptionResponse(BaseModel):

@@ -18,7 +18,6 @@ from starlette.routing import Route
 from gateway.api.common import caller_of, router_of
 from gateway.api.media_protocol import (
     ClassificationParams,
-    ClassificationPrediction,
     ClassificationResponse,
     parse_params,
 )
@@ -41,10 +40,7 @@ async def create_classification(request: Request) -> Response:
         default_top_k=settings.vision.top_k,
         max_pixels=settings.limits.max_image_pixels,
     )
-    predictions = [
-        ClassificationPrediction(label=p.label, index=p.index, score=p.score) for p in result.body
-    ]
-    body = ClassificationResponse(model=route.name, predictions=predictions)
+    body = ClassificationResponse(model=route.name, predictions=result.body)
     return JSONResponse(body.model_dump(), status_code=result.status)
 
 

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.adapters.fake import FakeAdapter
 from gateway.app import create_app
 from gateway.registry import Registry, Route
 from gateway.router import Router
 from settings import Settings
+from tests.fakes import FakeAdapter
 
 
 @pytest.fixture

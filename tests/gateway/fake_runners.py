@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from runners.speech import Clip, ClipText, SpeechInfo
-from runners.vision import VisionInfo
+from contract.speech import Clip, ClipText, SpeechInfo
+from contract.vision import VisionInfo
 
 LABELS = ["cat", "dog", "fox", "owl"]
 PREPROCESSING = {
@@ -81,12 +81,16 @@ def probabilities_for(pixels: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+NAMES = {"en": "english", "de": "german", "fr": "french"}
+
+
 class FakeSpeechRunner(FakeRunner):
     """Each clip's text says how long it is and which options it carried."""
 
     def __init__(self, *, languages: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.languages = ["en", "de", "fr"] if languages is None else languages
+        codes = ["en", "de", "fr"] if languages is None else languages
+        self.languages = {code: NAMES.get(code, code) for code in codes}
 
     def info(self) -> SpeechInfo:
         return SpeechInfo(

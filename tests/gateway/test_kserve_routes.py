@@ -12,7 +12,6 @@ import pytest
 import tritonclient.http as httpclient
 from starlette.testclient import TestClient
 
-from gateway.adapters.fake import FakeAdapter, FakeTriton
 from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import VisionRunnerAdapter
 from gateway.adapters.triton import TritonAdapter
@@ -23,6 +22,7 @@ from gateway.registry import Registry, Route
 from gateway.router import Router
 from gateway.tensors import ModelMetadata, TensorSpec
 from settings import Settings
+from tests.fakes import FakeAdapter, FakeTriton
 from tests.gateway.fake_runners import LABELS, FakeVisionRunner, probabilities_for
 
 SCALE = ModelMetadata(

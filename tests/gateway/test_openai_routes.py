@@ -5,8 +5,8 @@ import json
 from starlette.testclient import TestClient
 
 from gateway.adapters.base import InferResponse
-from gateway.adapters.fake import FakeAdapter
 from gateway.errors import BackendError, BackendUnavailable
+from tests.fakes import FakeAdapter
 
 CHAT = {"model": "tiny-llm", "messages": [{"role": "user", "content": "hi"}]}
 

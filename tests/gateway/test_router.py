@@ -8,7 +8,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.adapters.base import InferResponse
-from gateway.adapters.fake import FakeAdapter
 from gateway.backend import Backend
 from gateway.breaker import CircuitBreaker, State
 from gateway.errors import (
@@ -23,6 +22,7 @@ from gateway.errors import (
 from gateway.metrics import BackendMetrics
 from gateway.registry import Registry, Route
 from gateway.router import Router
+from tests.fakes import FakeAdapter
 from tests.gateway.test_breaker import Clock
 
 OK = InferResponse({"ok": True})

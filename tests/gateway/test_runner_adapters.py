@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from bentoml.exceptions import BentoMLException
 
-from gateway.adapters.base import InferenceAdapter, InferRequest
+from gateway.adapters.base import InferRequest
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.errors import (
     BackendError,
@@ -37,11 +37,6 @@ def vision(runner: FakeVisionRunner) -> VisionRunnerAdapter:
 
 def classify(data: bytes, **options: object) -> InferRequest:
     return InferRequest("classify", "fake-resnet", data, {**LIMITS, **options})
-
-
-def test_adapters_implement_the_protocol(runner: FakeVisionRunner) -> None:
-    assert isinstance(VisionRunnerAdapter("vision", runner), InferenceAdapter)
-    assert isinstance(SpeechRunnerAdapter("speech", FakeSpeechRunner()), InferenceAdapter)
 
 
 async def test_classify_sends_one_preprocessed_image_and_ranks_the_labels(

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from gateway.adapters.base import InferenceAdapter, InferRequest
-from gateway.adapters.fake import FakeTriton
+from gateway.adapters.base import InferRequest
 from gateway.adapters.triton import TritonAdapter
 from gateway.adapters.triton_transport import GrpcTransport, HttpTransport
 from gateway.errors import (
@@ -21,6 +20,7 @@ from gateway.errors import (
     InvalidRequest,
 )
 from gateway.tensors import ModelMetadata, Tensor, TensorRequest, TensorSpec
+from tests.fakes import FakeTriton
 
 SCALE = ModelMetadata(
     "scale",
@@ -47,10 +47,6 @@ def infer(*inputs: Tensor, outputs: tuple[str, ...] = (), **parameters: Any) -> 
 
 def fp32(name: str, data: Any) -> Tensor:
     return Tensor(name, "FP32", np.asarray(data, dtype=np.float32))
-
-
-def test_implements_the_adapter_protocol(adapter: TritonAdapter) -> None:
-    assert isinstance(adapter, InferenceAdapter)
 
 
 async def test_infer_returns_the_model_outputs(adapter: TritonAdapter) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,8 @@ import pytest
 import yaml
 
 from tests.servers.bentoml_home import isolated_home
-from tests.servers.bundle import ROOT, start_bundle
-from tests.servers.process import ServerProcess, free_port
+from tests.servers.bundle import ROOT, bundle_process
+from tests.servers.process import ServerProcess, free_port, start_together
 from tests.servers.triton import TritonProcess
 from tests.servers.vllm import vllm_process
 
@@ -115,18 +114,13 @@ def routing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoutingS
     path = directory / "bundle.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {"BUNDLE_CONFIG": str(path), "BENTOML_HOME": str(isolated_home(directory))}
-    bundle: ServerProcess | None = None
+    bundle = bundle_process(env=env)
+    servers = (bundle, stable, flaky, vllm)
     try:
-        with ThreadPoolExecutor(4) as pool:  # leaves when all four have started or failed
-            bundle_job = pool.submit(start_bundle, env=env)
-            jobs = [pool.submit(server.start) for server in (stable, flaky, vllm)]
-        bundle = bundle_job.result()
-        for job in jobs:
-            job.result()
+        start_together(*(s.start for s in servers), aborts=[s.abort for s in servers])
         yield RoutingStack(stable, flaky, vllm, bundle, config)
     finally:
-        if bundle is not None:
-            bundle.stop()
+        bundle.stop()
         vllm.stop()
         flaky.close()
         stable.close()

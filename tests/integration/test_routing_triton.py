@@ -18,7 +18,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from runners import imaging
+from contract import imaging
 from tests.integration.conftest import SLEEPY_SECONDS, RoutingStack
 from tests.integration.prometheus import metric_value
 from tests.media import image_bytes, noise_image

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from runners.speech import Clip, Whisper, group_by_options
+from contract.speech import Clip
+from runners.speech import Whisper, group_by_options
 from tests.media import tone
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from runners.vision import Classifier, top_k_indices
+from contract.vision import top_k
+from runners.vision import Classifier
 
 LABELS = ["a", "b", "c", "d", "e"]
 PREPROCESSING = {"resize": 40, "crop_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -76,8 +77,9 @@ def test_top_k_is_sorted_by_score_with_label_and_index(classifier: Classifier) -
     assert all(p.label == LABELS[p.index] for p in top)
 
 
-def test_top_k_indices_breaks_ties_by_lower_index() -> None:
-    assert top_k_indices(np.array([0.1, 0.4, 0.1, 0.4]), 3) == [1, 3, 0]
+def test_top_k_breaks_ties_by_lower_index() -> None:
+    top = top_k(np.array([0.1, 0.4, 0.1, 0.4]), ["a", "b", "c", "d"], 3)
+    assert [(p.label, p.index) for p in top] == [("b", 1), ("d", 3), ("a", 0)]
 
 
 def test_unknown_format_fails_loudly(tmp_path: Path) -> None:

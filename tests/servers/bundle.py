@@ -13,6 +13,7 @@ from tests.servers.process import ServerProcess, free_port, http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 BENTOML = [sys.executable, "-m", "bentoml"]
+TO_BUILD = "<the Bento built from this checkout>"
 
 
 @functools.cache
@@ -39,10 +40,18 @@ def start_bundle(
     *, target: str | None = None, port: int | None = None, env: dict[str, str] | None = None
 ) -> ServerProcess:
     """Serve `target` (default: a freshly built Bento of this checkout) until ready."""
-    target = target or build_bento()
+    return bundle_process(target=target, port=port, env=env).start()
+
+
+def bundle_process(
+    *, target: str | None = None, port: int | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """The bundle's server, not started yet: `.start()` builds the Bento (unless `target` is
+    given), serves it and waits until /readyz answers 200."""
+    build = target is None
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [*BENTOML, "serve", target, "--port", str(port), "--host", "127.0.0.1"]
+    command = [*BENTOML, "serve", target or TO_BUILD, "--port", str(port), "--host", "127.0.0.1"]
     server = ServerProcess(
         "bundle",
         command,
@@ -53,4 +62,10 @@ def start_bundle(
         cwd=tempfile.gettempdir(),  # what runs is the Bento, not this checkout
         timeout_s=420,
     )
-    return server.start()
+    if build:
+
+        def build_first() -> None:  # in the thread that starts it, beside the other servers
+            server.command[server.command.index(TO_BUILD)] = build_bento()
+
+        server.before_start = build_first
+    return server

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class StartAborted(RuntimeError):
+    """A start given up because a server started alongside it failed."""
+
+
+def start_together(*starts: Callable[[], object], aborts: Sequence[threading.Event]) -> None:
+    """Run the start functions in parallel; the first failure aborts the others at once and is
+    raised, so a broken server surfaces in seconds, not after every other server's timeout."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(len(starts)) as pool:
+        jobs = [pool.submit(start) for start in starts]
+        done, _ = wait(jobs, return_when=FIRST_EXCEPTION)
+        failed = [job for job in done if job.exception() is not None]
+        if failed:
+            for event in aborts:
+                event.set()
+            wait(jobs)
+            raise failed[0].exception()  # type: ignore[misc]
 
 
 class ServerProcess:
@@ -35,6 +56,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         timeout_s: float = 300.0,
+        before_start: Callable[[], object] | None = None,
     ) -> None:
         self.name = name
         self.command = list(command)
@@ -46,8 +68,12 @@ class ServerProcess:
         self.timeout_s = timeout_s
         self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
+        self.abort = threading.Event()  # set from another thread to give up waiting at once
+        self.before_start = before_start  # e.g. build the Bento, in the starting thread
 
     def start(self) -> ServerProcess:
+        if self.before_start is not None:
+            self.before_start()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             self.command,
@@ -60,6 +86,9 @@ class ServerProcess:
         log.close()
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
+            if self.abort.is_set():
+                self.stop()
+                raise StartAborted(f"{self.name}: start abandoned (another server failed)")
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"

@@ -22,12 +22,15 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
+
+from tests.servers.process import StartAborted
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRITON_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"
@@ -101,6 +104,7 @@ class TritonProcess:
         self._log_offset = 0  # where the current start's output begins in the log
         self.starts = 0
         self.last_ready_s: float | None = None  # seconds from spawn to all models ready
+        self.abort = threading.Event()  # set from another thread to give up waiting at once
 
     # -- addresses ---------------------------------------------------------------------------
     @property
@@ -191,6 +195,8 @@ class TritonProcess:
         pending = list(urls)
         while pending:
             assert self._proc is not None
+            if self.abort.is_set():
+                raise StartAborted("Triton: start abandoned (another server failed)")
             code = self._proc.poll()
             if code is not None:
                 self._start_failed(f"Triton exited with code {code} before it was ready")

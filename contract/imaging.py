@@ -1,6 +1,7 @@
 """Image decoding and preprocessing for classifiers, driven by the model's own metadata.
 
-Pure functions over Pillow and numpy (no torchvision), so the gateway and tests use them as is::
+Pure functions over Pillow and numpy (no torchvision, no torch): the gateway decodes with them, the
+model importers store the schema, the image runner reads it::
 
     pp = Preprocessing.from_metadata(stored.metadata["preprocessing"])
     pixels = prepare(data, pp, max_pixels=40_000_000)  # (3, 224, 224) float32
@@ -66,6 +67,13 @@ class Preprocessing:
                 meta[key] = tuple(float(v) for v in meta[key])
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in meta.items() if k in names})
+
+    def metadata(self) -> dict[str, Any]:
+        """The mapping stored as a model's `preprocessing` metadata (JSON-friendly)."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in fields(self)
+        }
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runners import imaging
-from runners.imaging import ImageError, ImageTooLarge, Preprocessing
+from contract import imaging
+from contract.imaging import ImageError, ImageTooLarge, Preprocessing
 from tests.media import forged_png, image_bytes, noise_image, solid, two_frame_gif
 
 LIMIT = 10_000_000

@@ -1,6 +1,6 @@
 """Audio decoding for speech recognition: any file soundfile reads, as mono 16 kHz float32.
 
-Pure functions over soundfile (libsndfile: WAV, FLAC, OGG/Vorbis/Opus, MP3) and numpy/torch::
+Pure functions over soundfile (libsndfile: WAV, FLAC, OGG/Vorbis/Opus, MP3) and numpy::
 
     samples = decode(data, max_seconds=600)        # mono, 16 kHz, float32 in [-1, 1]
     for start, piece in chunks(samples):           # 30 s windows, Whisper's input size
@@ -14,9 +14,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-import soundfile as sf
-import torch
-import torch.nn.functional as F
+from numpy.lib.stride_tricks import sliding_window_view
 
 SAMPLE_RATE = 16_000
 CHUNK_SECONDS = 30.0
@@ -34,6 +32,8 @@ def decode(data: bytes, *, max_seconds: float, sample_rate: int = SAMPLE_RATE) -
     """Mono float32 samples at `sample_rate`, refusing files over `max_seconds` before decoding."""
     if not data:
         raise AudioError("The audio file is empty.")
+    import soundfile as sf  # libsndfile loads on first use, not with the gateway
+
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             source_rate = f.samplerate
@@ -66,27 +66,30 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
         return samples
     gcd = math.gcd(source_rate, target_rate)
     orig, new = source_rate // gcd, target_rate // gcd
-    kernel, width = _sinc_kernel(orig, new)
-    wave = torch.from_numpy(np.ascontiguousarray(samples))[None, None]
-    wave = F.pad(wave, (width, width + orig))
-    out = F.conv1d(wave, kernel, stride=orig)  # (1, new, frames): one phase per channel
-    out = out.transpose(1, 2).reshape(-1)
-    return out[: math.ceil(new * samples.size / orig)].numpy()
+    kernel, width = _sinc_kernel(orig, new)  # (new, taps): one filter per output phase
+    wave = np.pad(samples, (width, width + orig))
+    frames = sliding_window_view(wave, kernel.shape[1])[::orig]  # a view: no copy
+    out = np.empty((frames.shape[0], new), dtype=np.float32)
+    for i in range(0, frames.shape[0], RESAMPLE_BLOCK):  # bounded scratch memory
+        np.matmul(frames[i : i + RESAMPLE_BLOCK], kernel.T, out=out[i : i + RESAMPLE_BLOCK])
+    return out.reshape(-1)[: math.ceil(new * samples.size / orig)]
+
+
+RESAMPLE_BLOCK = 4096  # input frames per matrix product
 
 
 def _sinc_kernel(
     orig: int, new: int, *, zeros: int = 6, rolloff: float = 0.99
-) -> tuple[torch.Tensor, int]:
+) -> tuple[np.ndarray, int]:
     """Hann-windowed sinc filters, one per output phase, cut off below the lower Nyquist rate."""
     base = min(orig, new) * rolloff
     width = math.ceil(zeros * orig / base)
-    idx = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
-    t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new + idx) * base
-    t = t.clamp(-zeros, zeros)
-    window = torch.cos(t * math.pi / zeros / 2) ** 2
-    t = t * math.pi
-    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / torch.where(t == 0, 1.0, t))
-    return (sinc * window * base / orig).to(torch.float32), width
+    idx = np.arange(-width, width + orig, dtype=np.float64)[None, :] / orig
+    t = (np.arange(0, -new, -1, dtype=np.float64)[:, None] / new + idx) * base
+    t = np.clip(t, -zeros, zeros)
+    window = np.cos(t * math.pi / zeros / 2) ** 2
+    sinc = np.sinc(t)  # sin(pi t) / (pi t), 1 at 0
+    return (sinc * window * base / orig).astype(np.float32), width
 
 
 def chunks(

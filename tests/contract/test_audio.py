@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runners import audio
-from runners.audio import AudioError, AudioTooLong
+from contract import audio
+from contract.audio import AudioError, AudioTooLong
 from tests.media import audio_bytes, peak_hz, tone
 
 

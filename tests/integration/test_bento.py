@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from contract.names import BUNDLED
 from settings import get_settings
 from tests.servers.bundle import ROOT, bento_info, build_bento
+
+pytestmark = pytest.mark.integration  # builds the Bento
 
 
 def pins(path: Path) -> set[str]:
@@ -16,7 +21,7 @@ def test_build_makes_one_bento_with_four_services_and_their_models() -> None:
     info = bento_info(build_bento())
     assert info["entry_service"] == "gateway"
     services = {s["name"]: s for s in info["services"]}
-    assert set(services) == {"gateway", "llm", "vision", "speech"}
+    assert set(services) == {"gateway", *BUNDLED}
     assert {d["service"] for d in services["gateway"]["dependencies"]} == {
         "llm",
         "vision",
