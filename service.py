@@ -7,11 +7,9 @@ Each runner is its own BentoML service, so on BentoCloud or Kubernetes each scal
 
 from __future__ import annotations
 
-import time
-
 import bentoml
 
-from gateway.app import create_app
+from gateway.app import create_app, install, shutdown
 from gateway.bundle import bundled_router, dependency_url
 from runners.llm import LLM
 from runners.speech import Transcriber
@@ -30,11 +28,10 @@ class Gateway:
 
     def __init__(self) -> None:
         settings = get_settings()
-        app.state.settings = settings
-        app.state.started_at = time.time()
-        app.state.router = bundled_router(
+        router = bundled_router(
             settings, llm_url=dependency_url(type(self).llm), vision=self.vision, speech=self.speech
         )
+        install(app, settings=settings, router=router)
 
     async def __is_ready__(self) -> bool:
         """Ready when the bundled runners answer their own health checks (vLLM's /health too).
@@ -45,4 +42,4 @@ class Gateway:
 
     @bentoml.on_shutdown
     async def close(self) -> None:
-        await app.state.router.aclose()
+        await shutdown(app)

@@ -8,11 +8,9 @@ the benchmark measures the router's own cost with no engine competing for the CP
 
 from __future__ import annotations
 
-import time
-
 import bentoml
 
-from gateway.app import create_app
+from gateway.app import create_app, install, shutdown
 from gateway.build import build_router
 from settings import get_settings
 
@@ -24,13 +22,12 @@ app = create_app()
 class RouterGateway:
     def __init__(self) -> None:
         settings = get_settings()
-        app.state.settings = settings
-        app.state.started_at = time.time()
-        app.state.router = build_router(settings.routing, bundled={}, bundled_routes=[])
+        router = build_router(settings.routing, bundled={}, bundled_routes=[])
+        install(app, settings=settings, router=router)
 
     async def __is_ready__(self) -> bool:
         return bool(await app.state.router.ready())
 
     @bentoml.on_shutdown
     async def close(self) -> None:
-        await app.state.router.aclose()
+        await shutdown(app)

@@ -11,7 +11,7 @@ import bentoml
 from contract.names import model_name
 from gateway.adapters.base import InferenceAdapter
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
-from gateway.app import create_app
+from gateway.app import create_app, install
 from gateway.registry import Registry, Route
 from gateway.router import Router
 from runners.speech import Transcriber
@@ -38,9 +38,7 @@ class MediaGateway:
             "vision": VisionRunnerAdapter("vision", self.vision),
             "speech": SpeechRunnerAdapter("speech", self.speech),
         }
-        app.state.settings = settings
-        app.state.started_at = 0.0
-        app.state.router = Router(Registry(routes), adapters)
+        install(app, settings=settings, router=Router(Registry(routes), adapters))
 
     async def __is_ready__(self) -> bool:
         return all((await app.state.router.health()).values())

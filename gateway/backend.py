@@ -1,12 +1,18 @@
 """One backend as the router uses it: an adapter behind a circuit breaker, a timeout and retries.
 
-    backend = Backend(adapter, breaker=CircuitBreaker(), timeout_s=30, retries=1)
+    backend = Backend(adapter, breaker=CircuitBreaker(), timeout_s=30, retries=1,
+                      admission=Admission("triton", max_inflight=64, max_queue=256,
+                                          queue_timeout_s=30))
     await backend.predict(request)
+
+Admission (gateway/admission.py) comes first: a request waits for one of the backend's slots, in
+order, and holds it for the whole call with its retries (a stream: until its last chunk); past
+the queue it is refused at once with a 503 (`BackendOverloaded`).
 
 A failure of the backend (`BackendError`: unreachable, 5xx, timed out) counts against its
 breaker; a client error (4xx) counts as a success, since the backend answered. A call that was
 refused because the backend could not be reached (`BackendUnavailable`, not the breaker's own
-refusal, not load shedding with Retry-After) is retried up to `retries` times with jittered
+refusal, not an overload) is retried up to `retries` times with jittered
 exponential backoff. Streams are retried and timed only until their first chunk: after it the
 client has bytes, and a retry could send it a second beginning.
 """
@@ -19,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from gateway.adapters.base import InferenceAdapter, InferRequest, InferResponse
+from gateway.admission import Admission
 from gateway.breaker import CircuitBreaker, CircuitOpen, Permit, State
 from gateway.errors import (
     BackendError,
@@ -47,6 +54,7 @@ class Backend:
         timeout_s: float | None = None,
         retries: int = 0,
         backoff_s: float = 0.05,
+        admission: Admission | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -60,21 +68,26 @@ class Backend:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.admission = admission or Admission(
+            self.name, max_inflight=2**31, max_queue=0, queue_timeout_s=1.0
+        )
         self._sleep = sleep
         self._rng = rng
 
     async def predict(self, request: InferRequest) -> InferResponse:
-        return await self.call(lambda: self.adapter.predict(request))
+        async with self.admission.slot():
+            return await self.call(lambda: self.adapter.predict(request))
 
     async def stream(self, request: InferRequest) -> AsyncIterator[bytes]:
-        first, rest = await self.call(lambda: _open_stream(self.adapter, request))
-        try:
-            if first is not None:
-                yield first
-                async for chunk in rest:
-                    yield chunk
-        finally:
-            await close_stream(rest)
+        async with self.admission.slot():
+            first, rest = await self.call(lambda: _open_stream(self.adapter, request))
+            try:
+                if first is not None:
+                    yield first
+                    async for chunk in rest:
+                        yield chunk
+            finally:
+                await close_stream(rest)
 
     async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()` through the breaker and timeout, retried while the backend is unreachable."""
@@ -174,7 +187,7 @@ async def close_stream(chunks: AsyncIterator[bytes]) -> None:
 
 
 def _retryable(err: BackendUnavailable) -> bool:
-    return not isinstance(err, BreakerOpen) and "Retry-After" not in err.headers
+    return not isinstance(err, BreakerOpen)
 
 
 def _outcome(err: BackendError) -> str:

@@ -15,12 +15,19 @@ from gateway.adapters.base import InferenceAdapter
 from gateway.adapters.openai import OpenAIAdapter, make_client
 from gateway.adapters.triton import TritonAdapter
 from gateway.adapters.triton_transport import make_transport
+from gateway.admission import Admission
 from gateway.backend import Backend
 from gateway.breaker import CircuitBreaker
 from gateway.metrics import BackendMetrics
 from gateway.registry import Registry, Route
 from gateway.router import Router
-from settings import OpenAIBackend, RoutingSettings, RunnerBackend, TritonBackend
+from settings import (
+    AdmissionSettings,
+    OpenAIBackend,
+    RoutingSettings,
+    RunnerBackend,
+    TritonBackend,
+)
 
 BackendSettings = RunnerBackend | OpenAIBackend | TritonBackend
 
@@ -30,18 +37,25 @@ def build_router(
     *,
     bundled: Mapping[str, InferenceAdapter],
     bundled_routes: Iterable[Route],
+    admission: Mapping[str, AdmissionSettings] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Router:
-    """The bundled adapters plus a client for every remote backend, each behind its breaker."""
+    """The bundled adapters plus a client for every remote backend, each behind its breaker and
+    its admission limits (`admission` by backend name; others get the defaults)."""
     registry = Registry.from_settings(routing, bundled_routes)  # checks names before any client
+    limits = admission or {}
     backends: dict[str, Backend] = {}
     for name, adapter in bundled.items():
         settings = routing.backends.get(name) or RunnerBackend(kind="runner")
-        backends[name] = make_backend(adapter, settings, target="bundled", clock=clock)
+        backends[name] = make_backend(
+            adapter, settings, target="bundled", admission=limits.get(name), clock=clock
+        )
     for name, settings in routing.backends.items():
         if not isinstance(settings, RunnerBackend):
             adapter = remote_adapter(name, settings)
-            backends[name] = make_backend(adapter, settings, target=settings.url, clock=clock)
+            backends[name] = make_backend(
+                adapter, settings, target=settings.url, admission=limits.get(name), clock=clock
+            )
     return Router(registry, backends, caller_header=routing.caller_header)
 
 
@@ -59,9 +73,11 @@ def make_backend(
     settings: BackendSettings,
     *,
     target: str,
+    admission: AdmissionSettings | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Backend:
     metrics = BackendMetrics(adapter.name)
+    limits = admission or AdmissionSettings()
     breaker = CircuitBreaker(
         **settings.breaker.model_dump(), clock=clock, listener=metrics.transition
     )
@@ -75,4 +91,5 @@ def make_backend(
         timeout_s=settings.timeout_s,
         retries=settings.retries,
         backoff_s=settings.backoff_s,
+        admission=Admission(adapter.name, **limits.model_dump()),
     )

@@ -30,9 +30,13 @@ def bundled_router(settings: Settings, *, llm_url: str, vision: Any, speech: Any
     """A router over the three bundled runners and the configured remote backends."""
     check_routing(settings)  # before any client is made
     adapters: dict[str, InferenceAdapter] = {
-        LLM: OpenAIAdapter(LLM, make_client(llm_url, timeout_s=settings.gateway.timeout_s)),
+        LLM: OpenAIAdapter(
+            LLM, make_client(llm_url, timeout_s=settings.gateway.timeout_s), health_path="/readyz"
+        ),
         VISION: PixelTensorAdapter(VisionRunnerAdapter(VISION, vision)),
         SPEECH: SpeechRunnerAdapter(SPEECH, speech),
     }
     routes = bundled_routes(*settings.bundled_models())
-    return build_router(settings.routing, bundled=adapters, bundled_routes=routes)
+    return build_router(
+        settings.routing, bundled=adapters, bundled_routes=routes, admission=settings.admission
+    )

@@ -1,7 +1,8 @@
 """Every error the gateway answers with, and the one place they become responses.
 
-Routes raise these; `openai_error_response` renders them in OpenAI's shape on /v1 and
-`kserve_error_response` in KServe's shape on /v2.
+Routes, adapters and the request pipeline raise these; `render` turns one into a response in the
+protocol's own shape: OpenAI's on /v1 (and the operational routes), KServe's on /v2. Every 503
+carries Retry-After.
 
     GatewayError                 500
     ├── InvalidRequest           400  (PayloadTooLarge 413, UnsupportedMediaType 415)
@@ -10,6 +11,7 @@ Routes raise these; `openai_error_response` renders them in OpenAI's shape on /v
     ├── RateLimited              429  with Retry-After and x-ratelimit-* headers
     ├── ModelNotFound            404
     ├── VersionNotFound          404
+    ├── BackendOverloaded        503  with Retry-After; backend or admission queue full
     └── BackendError             502  names the backend
         ├── BackendUnavailable   503
         │   └── BreakerOpen      503  with Retry-After
@@ -111,18 +113,22 @@ class VersionNotFound(GatewayError):
 
 
 class BackendOverloaded(GatewayError):
-    """The backend is up but shedding load (BentoML's dispatcher past max_latency_ms, a 429).
+    """The backend is up but has more work than it takes: the gateway's own admission queue for
+    it is full, or the backend shed the request (BentoML past max_latency_ms, an upstream 429,
+    Triton's queue full, gRPC RESOURCE_EXHAUSTED). Every overload takes this one path.
 
-    Not a failure of the backend, so it gives no verdict to its circuit breaker.
+    Not a failure of the backend, so it gives no verdict to its circuit breaker and is not
+    retried by the gateway: the client is told when to come back.
     """
 
     status = HTTPStatus.SERVICE_UNAVAILABLE.value
-    type = "service_unavailable"
+    type = "overloaded_error"
 
-    def __init__(self, backend: str, detail: str) -> None:
+    def __init__(self, backend: str, detail: str, *, retry_after: str = "1") -> None:
         super().__init__(
-            f"Backend '{backend}' is overloaded, retry shortly: {detail}",
-            headers={"Retry-After": "1"},
+            f"Backend '{backend}' is overloaded, retry after {retry_after} s: {detail}",
+            code="backend_overloaded",
+            headers={"Retry-After": retry_after},
         )
         self.backend = backend
 
@@ -183,9 +189,17 @@ def openai_error_body(err: GatewayError) -> dict[str, Any]:
     }
 
 
-def openai_error_response(err: GatewayError) -> JSONResponse:
-    return JSONResponse(openai_error_body(err), status_code=err.status, headers=err.headers)
+RETRY_AFTER_S = "1"  # a 503 that names no better time
 
 
-def kserve_error_response(err: GatewayError) -> JSONResponse:
-    return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
+def render(path: str, err: GatewayError) -> JSONResponse:
+    """The error in the shape of the protocol `path` belongs to: KServe's on /v2, else OpenAI's."""
+    headers = dict(err.headers)
+    if err.status == HTTPStatus.SERVICE_UNAVAILABLE and "Retry-After" not in headers:
+        headers["Retry-After"] = RETRY_AFTER_S
+    body = {"error": err.message} if is_kserve(path) else openai_error_body(err)
+    return JSONResponse(body, status_code=err.status, headers=headers)
+
+
+def is_kserve(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")

@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 
 from gateway.adapters.base import InferenceAdapter, InferRequest, InferResponse, Task
 from gateway.backend import Backend, close_stream
+from gateway.context import RequestContext
 from gateway.errors import BackendError, InvalidRequest, ModelNotFound
+from gateway.keys import check_model
 from gateway.metrics import fallback_used
 from gateway.registry import Kind, Registry, Route
 from gateway.tensors import ModelMetadata
@@ -47,30 +49,62 @@ class Router:
         }
         self.caller_header = caller_header
 
-    def resolve(self, model: object, kinds: Iterable[Kind], *, caller: str | None = None) -> Route:
-        """The route for `model`, or a 4xx that lists the models this endpoint serves."""
+    def resolve(
+        self,
+        model: object,
+        kinds: Iterable[Kind],
+        ctx: RequestContext | None = None,
+        *,
+        caller: str | None = None,
+    ) -> Route:
+        """The route for `model`, or a 4xx: 404 listing the models this endpoint serves (those
+        the caller's key may use), 403 for a model the key may not use.
+
+        With `ctx`, its caller picks a split's variant and its API key is checked; the public
+        model name is recorded on it."""
         kinds = tuple(kinds)
+        key = ctx.key if ctx else None
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' is required and must be a string", param="model")
         if self.registry.kind_of(model) not in kinds:
-            raise ModelNotFound(model, self.registry.names(kinds))
-        route = self.registry.resolve(model, caller=caller)
+            names = self.registry.names(kinds)
+            raise ModelNotFound(model, [n for n in names if key is None or key.allows(n)])
+        check_model(key, model)
+        if ctx is not None:
+            ctx.model = model
+        route = self.registry.resolve(model, caller=ctx.caller if ctx else caller)
         assert route is not None
         return route
 
     async def predict(
-        self, route: Route, task: Task, payload: object, **options: object
+        self,
+        route: Route,
+        task: Task,
+        payload: object,
+        ctx: RequestContext | None = None,
+        **options: object,
     ) -> InferResponse:
         request = InferRequest(
-            task=task, model=route.upstream_model, payload=payload, options=options
+            task=task,
+            model=route.upstream_model,
+            payload=payload,
+            options=options,
+            request_id=ctx.request_id if ctx else None,
         )
         return await self._with_fallback(
-            route, lambda r: self.backends[r.backend].predict(_for(request, r))
+            route, lambda r: self.backends[r.backend].predict(_for(request, r)), ctx
         )
 
-    async def stream(self, route: Route, task: Task, payload: object) -> AsyncIterator[bytes]:
+    async def stream(
+        self, route: Route, task: Task, payload: object, ctx: RequestContext | None = None
+    ) -> AsyncIterator[bytes]:
         """The response as it comes; fails over before, never after, the first chunk."""
-        request = InferRequest(task=task, model=route.upstream_model, payload=payload)
+        request = InferRequest(
+            task=task,
+            model=route.upstream_model,
+            payload=payload,
+            request_id=ctx.request_id if ctx else None,
+        )
 
         async def open_(candidate: Route) -> tuple[bytes | None, AsyncIterator[bytes]]:
             chunks = self.backends[candidate.backend].stream(_for(request, candidate))
@@ -79,7 +113,7 @@ class Router:
             except StopAsyncIteration:
                 return None, chunks
 
-        first, rest = await self._with_fallback(route, open_)
+        first, rest = await self._with_fallback(route, open_, ctx)
         try:
             if first is None:
                 return
@@ -144,9 +178,16 @@ class Router:
             except Exception:
                 log.exception("closing backend %s failed", backend.name)
 
-    async def _with_fallback(self, route: Route, call: Callable[[Route], Awaitable[T]]) -> T:
+    async def _with_fallback(
+        self,
+        route: Route,
+        call: Callable[[Route], Awaitable[T]],
+        ctx: RequestContext | None = None,
+    ) -> T:
         failures: list[BackendError] = []
         for candidate in self.registry.chain(route):
+            if ctx is not None:
+                ctx.backend = candidate.backend
             try:
                 result = await call(candidate)
             except BackendError as err:

@@ -77,6 +77,7 @@ class FakeTriton:
         self.down = False
         self.calls: list[tuple[str, str, tuple[Tensor, ...], dict[str, Any]]] = []
         self.metadata_calls = 0
+        self.request_ids: list[str] = []
         self.closed = False
         self._failures: deque[BaseException] = deque()
 
@@ -95,9 +96,11 @@ class FakeTriton:
         inputs: Sequence[Tensor],
         outputs: Sequence[str],
         parameters: Mapping[str, Any],
+        request_id: str = "",
     ) -> tuple[Tensor, ...]:
         self._check()
         self.calls.append((model, version, tuple(inputs), dict(parameters)))
+        self.request_ids.append(request_id)
         meta, fn = self._model(model)
         results = fn({t.name: t.data for t in inputs})
         wanted = outputs or [s.name for s in meta.outputs]

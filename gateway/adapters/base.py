@@ -21,6 +21,7 @@ class InferRequest:
     model: str  # the model's name at the backend
     payload: Any
     options: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None  # the gateway's id of the request, passed to the backend
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import httpx
 from gateway.adapters.base import InferRequest, InferResponse
 from gateway.errors import (
     BackendError,
+    BackendOverloaded,
     BackendTimeout,
     BackendUnavailable,
     GatewayError,
@@ -44,27 +45,45 @@ def make_client(url: str, *, timeout_s: float, max_connections: int = 512) -> ht
 
 
 class OpenAIAdapter:
-    def __init__(self, name: str, client: httpx.AsyncClient, *, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        client: httpx.AsyncClient,
+        *,
+        api_key: str | None = None,
+        health_path: str = "/health",
+    ) -> None:
         self.name = name
         self._client = client
+        # The bundled engine's BentoML service answers /readyz itself (its own check of vLLM);
+        # its /health would be proxied to vLLM and log an error while vLLM boots.
+        self._health_path = health_path
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def _headers_for(self, request: InferRequest) -> dict[str, str]:
+        """vLLM and SGLang take the request id from X-Request-Id and log it."""
+        if request.request_id is None:
+            return self._headers
+        return {**self._headers, "X-Request-Id": request.request_id}
 
     async def predict(self, request: InferRequest) -> InferResponse:
         body = {**request.payload, "model": request.model, "stream": False}
         try:
-            r = await self._client.post(PATHS[request.task], json=body, headers=self._headers)
+            r = await self._client.post(
+                PATHS[request.task], json=body, headers=self._headers_for(request)
+            )
         except httpx.TimeoutException:
             raise BackendTimeout(self.name, self._client.timeout.read or 0) from None
         except httpx.TransportError as exc:
             raise BackendUnavailable(self.name, _describe(exc)) from None
         if r.status_code != 200:
-            raise self._upstream_error(r.status_code, r.content)
+            raise self._upstream_error(r.status_code, r.content, r.headers)
         return InferResponse(body=r.json())
 
     async def stream(self, request: InferRequest) -> AsyncIterator[bytes]:
         body = {**request.payload, "model": request.model, "stream": True}
         req = self._client.build_request(
-            "POST", PATHS[request.task], json=body, headers=self._headers
+            "POST", PATHS[request.task], json=body, headers=self._headers_for(request)
         )
         try:
             r = await self._client.send(req, stream=True)
@@ -74,7 +93,7 @@ class OpenAIAdapter:
             raise BackendUnavailable(self.name, _describe(exc)) from None
         try:
             if r.status_code != 200:
-                raise self._upstream_error(r.status_code, await r.aread())
+                raise self._upstream_error(r.status_code, await r.aread(), r.headers)
             async for chunk in r.aiter_raw():
                 yield chunk
         except httpx.TransportError as exc:
@@ -84,7 +103,7 @@ class OpenAIAdapter:
 
     async def health(self) -> bool:
         try:
-            r = await self._client.get("/health", timeout=2.0)
+            r = await self._client.get(self._health_path, timeout=2.0)
         except httpx.HTTPError:
             return False
         return r.status_code == 200
@@ -92,9 +111,15 @@ class OpenAIAdapter:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    def _upstream_error(self, status: int, content: bytes) -> GatewayError:
-        """Client errors keep the engine's message and param; server errors name the backend."""
+    def _upstream_error(
+        self, status: int, content: bytes, headers: httpx.Headers | None = None
+    ) -> GatewayError:
+        """Client errors keep the engine's message and param; server errors name the backend;
+        a 429 (the upstream's own limit) is an overload, with the upstream's Retry-After."""
         message, param = _error_fields(content)
+        if status == 429:
+            retry_after = headers.get("retry-after", "1") if headers is not None else "1"
+            return BackendOverloaded(self.name, message, retry_after=retry_after)
         if 400 <= status < 500:
             return InvalidRequest(message, param=param, status=status)
         if status == 503:

@@ -46,7 +46,12 @@ class TritonAdapter:
             if k not in RESERVED_PARAMETERS and not k.startswith("triton_")
         }
         outputs = await self._transport.infer(
-            request.model, tensors.version, tensors.inputs, tensors.outputs, parameters
+            request.model,
+            tensors.version,
+            tensors.inputs,
+            tensors.outputs,
+            parameters,
+            request_id=tensors.id or request.request_id or "",  # Triton logs it
         )
         return InferResponse(outputs)
 

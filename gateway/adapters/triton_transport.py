@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.errors import (
     BackendError,
+    BackendOverloaded,
     BackendTimeout,
     BackendUnavailable,
     GatewayError,
@@ -49,6 +50,7 @@ class TritonTransport(Protocol):
         inputs: Sequence[Tensor],
         outputs: Sequence[str],
         parameters: Mapping[str, Any],
+        request_id: str = "",
     ) -> tuple[Tensor, ...]: ...
 
     async def server_ready(self) -> bool: ...
@@ -98,6 +100,7 @@ class GrpcTransport:
         inputs: Sequence[Tensor],
         outputs: Sequence[str],
         parameters: Mapping[str, Any],
+        request_id: str = "",
     ) -> tuple[Tensor, ...]:
         wire_inputs = []
         for tensor in inputs:
@@ -111,6 +114,7 @@ class GrpcTransport:
                 wire_inputs,
                 model_version=version,
                 outputs=wanted,
+                request_id=request_id,
                 client_timeout=self._timeout_s,
                 parameters=dict(parameters) or None,
             )
@@ -132,6 +136,10 @@ class GrpcTransport:
 
     def _error(self, exc: InferenceServerException) -> GatewayError:
         status, message = str(exc.status() or ""), exc.message() or str(exc)
+        if status == "StatusCode.RESOURCE_EXHAUSTED" or (
+            status == "StatusCode.UNAVAILABLE" and _queue_full(message)
+        ):
+            return BackendOverloaded(self.name, message)
         if status == "StatusCode.UNAVAILABLE":
             return BackendUnavailable(self.name, message)
         if status == "StatusCode.DEADLINE_EXCEEDED":
@@ -164,6 +172,7 @@ class HttpTransport:
         inputs: Sequence[Tensor],
         outputs: Sequence[str],
         parameters: Mapping[str, Any],
+        request_id: str = "",
     ) -> tuple[Tensor, ...]:
         wire_inputs = []
         for tensor in inputs:
@@ -177,6 +186,7 @@ class HttpTransport:
                 wire_inputs,
                 model_version=version,
                 outputs=wanted,
+                request_id=request_id,
                 parameters=dict(parameters) or None,
             )
         )
@@ -210,9 +220,16 @@ class HttpTransport:
         status, message = str(exc.status() or ""), exc.message() or str(exc)
         if status == "400":
             return InvalidRequest(message)
-        if status in ("429", "503"):
+        if status == "429" or (status == "503" and _queue_full(message)):
+            return BackendOverloaded(self.name, message)
+        if status == "503":
             return BackendUnavailable(self.name, message)
         return BackendError(self.name, f"HTTP {status or '?'}: {message}")
+
+
+def _queue_full(message: str) -> bool:
+    """Triton's words when its scheduler queue is full ("Exceeds maximum queue size")."""
+    return "queue" in message.lower()
 
 
 def _spec(tensor: Mapping[str, Any]) -> TensorSpec:

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.adapters.base import Transcript
-from gateway.api.common import caller_of, router_of
+from gateway.api.common import context, router_of
 from gateway.api.media_protocol import (
     TranscriptionParams,
     TranscriptionResponse,
@@ -38,12 +38,13 @@ async def create_transcription(request: Request) -> Response:
         request, media="audio", limit=settings.limits.max_request_bytes, allow_raw=False
     )
     params = parse_params(TranscriptionParams, upload.fields)
-    router = router_of(request)
-    route = router.resolve(params.model, kinds=("speech",), caller=caller_of(request))
+    router, ctx = router_of(request), context(request)
+    route = router.resolve(params.model, ("speech",), ctx)
     result = await router.predict(
         route,
         "transcribe",
         upload.data,
+        ctx,
         language=params.language,
         prompt=params.prompt,
         temperature=params.temperature,

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api.common import caller_of, read_body, router_of
+from gateway.api.common import context, read_body, router_of
 from gateway.api.kserve_protocol import (
     HEADER_LENGTH,
     decode_request,
@@ -60,9 +60,8 @@ async def infer(request: Request) -> Response:
         await read_body(request, limit=limit),
         version=version,
         header_length=request.headers.get(HEADER_LENGTH),
-        encoding=request.headers.get("content-encoding"),
     )
-    result = await router_of(request).predict(route, "infer", decoded.tensors)
+    result = await router_of(request).predict(route, "infer", decoded.tensors, context(request))
     body, headers = encode_response(route.name, version, decoded, result.body)
     return Response(body, status_code=result.status, headers=headers)
 
@@ -70,7 +69,7 @@ async def infer(request: Request) -> Response:
 def _resolve(request: Request) -> tuple[ModelRoute, str]:
     name = request.path_params["model"]
     version = request.path_params.get("version", "")
-    route = router_of(request).resolve(name, KINDS, caller=caller_of(request))
+    route = router_of(request).resolve(name, KINDS, context(request))
     if version and version not in route.versions:
         raise VersionNotFound(name, version, list(route.versions))
     return route, version

@@ -10,11 +10,9 @@ bytes; in JSON, strings.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import struct
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,10 +65,8 @@ class DecodedRequest:
         return self._binary.get(output, self._default)
 
 
-def decode_request(
-    raw: bytes, *, version: str, header_length: str | None, encoding: str | None
-) -> DecodedRequest:
-    raw = _decompressed(raw, encoding)
+def decode_request(raw: bytes, *, version: str, header_length: str | None) -> DecodedRequest:
+    """The tensors of an (already inflated) infer request body."""
     split = _header_length(header_length, len(raw))
     head, binary = raw[:split], memoryview(raw)[split:]
     try:
@@ -207,19 +203,6 @@ def _as_bytes(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value
     return str(value).encode()
-
-
-def _decompressed(raw: bytes, encoding: str | None) -> bytes:
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(raw)
-        if encoding == "deflate":
-            return zlib.decompress(raw)
-    except (OSError, zlib.error) as exc:
-        raise InvalidRequest(f"The body is not valid {encoding} data: {exc}") from None
-    if encoding not in (None, "", "identity"):
-        raise InvalidRequest(f"Unsupported Content-Encoding '{encoding}'.")
-    return raw
 
 
 def _header_length(value: str | None, total: int) -> int:

@@ -10,7 +10,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.adapters.base import Task
-from gateway.api.common import caller_of, read_json_object, router_of
+from gateway.api.common import context, read_json_object, router_of
+from gateway.context import RequestContext
 from gateway.errors import GatewayError, openai_error_body
 
 OWNED_BY = "serving-bundle"
@@ -41,28 +42,86 @@ async def completions(request: Request) -> Response:
 
 
 async def _generate(request: Request, task: Task) -> Response:
-    router = router_of(request)
+    router, ctx = router_of(request), context(request)
     body = await read_json_object(
         request, limit=request.app.state.settings.limits.max_request_bytes
     )
-    route = router.resolve(body.get("model"), kinds=("llm",), caller=caller_of(request))
+    route = router.resolve(body.get("model"), ("llm",), ctx)
     if not body.get("stream"):
-        result = await router.predict(route, task, body)
+        result = await router.predict(route, task, body, ctx)
+        if isinstance(result.body, dict):
+            ctx.count_usage(result.body.get("usage"))
         return JSONResponse(result.body, status_code=result.status)
-    chunks = router.stream(route, task, body)
+    # Tokens are counted from the engine's own usage, so the stream always asks for it; a
+    # client that did not ask does not get the extra chunk.
+    options = body.get("stream_options")
+    wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    if not wants_usage:
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                  "include_usage": True}  # fmt: skip
+    tap = UsageTap(ctx, strip=not wants_usage)
+    chunks = router.stream(route, task, body, ctx)
     first = await anext(chunks)  # a refusal before the first byte is still a plain JSON error
-    return StreamingResponse(_relay(first, chunks), media_type="text/event-stream")
+    return StreamingResponse(_relay(tap, first, chunks), media_type="text/event-stream")
 
 
-async def _relay(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _relay(tap: UsageTap, first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Relay the stream; a failure after the first chunk ends it with an error event."""
-    yield first
+    if out := tap.feed(first):
+        yield out
     try:
         async for chunk in rest:
-            yield chunk
+            if out := tap.feed(chunk):
+                yield out
     except GatewayError as err:
-        yield b"data: " + json.dumps(openai_error_body(err)).encode() + b"\n\n"
+        yield tap.flush() + b"data: " + json.dumps(openai_error_body(err)).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
+        return
+    if out := tap.flush():
+        yield out
+
+
+class UsageTap:
+    """Reads the engine's `usage` off a server-sent event stream as it is relayed.
+
+    Bytes pass through untouched, in whole events: a chunk that ends inside an event holds its
+    tail back until the event is complete (engines write whole events, so this rarely waits).
+    Only an event carrying a usage object is parsed; with `strip`, the usage-only final chunk
+    (`"choices": []`) is dropped, for clients that did not ask for it.
+    """
+
+    def __init__(self, ctx: RequestContext, *, strip: bool) -> None:
+        self.ctx = ctx
+        self.strip = strip
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + chunk if self._pending else chunk
+        end = data.rfind(b"\n\n") + 2
+        if end < len(data):
+            self._pending, data = data[end:], data[:end]
+        else:
+            self._pending = b""
+        if b'"usage"' not in data:
+            return data
+        return b"".join(self._event(e) for e in data.split(b"\n\n")[:-1])
+
+    def flush(self) -> bytes:
+        data, self._pending = self._pending, b""
+        return data
+
+    def _event(self, event: bytes) -> bytes:
+        whole = event + b"\n\n"
+        if not event.startswith(b"data: {") or b'"usage"' not in event or b'"usage":null' in event:
+            return whole
+        try:
+            chunk = json.loads(event[len(b"data: ") :])
+        except ValueError:
+            return whole
+        self.ctx.count_usage(chunk.get("usage"))
+        if self.strip and chunk.get("choices") == []:
+            return b""
+        return whole
 
 
 routes = [

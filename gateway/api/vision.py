@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api.common import caller_of, router_of
+from gateway.api.common import context, router_of
 from gateway.api.media_protocol import (
     ClassificationParams,
     ClassificationResponse,
@@ -30,12 +30,13 @@ async def create_classification(request: Request) -> Response:
         request, media="image", limit=settings.limits.max_request_bytes, allow_raw=True
     )
     params = parse_params(ClassificationParams, upload.fields)
-    router = router_of(request)
-    route = router.resolve(params.model, kinds=("image",), caller=caller_of(request))
+    router, ctx = router_of(request), context(request)
+    route = router.resolve(params.model, ("image",), ctx)
     result = await router.predict(
         route,
         "classify",
         upload.data,
+        ctx,
         top_k=params.top_k,
         default_top_k=settings.vision.top_k,
         max_pixels=settings.limits.max_image_pixels,

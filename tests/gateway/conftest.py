@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
+from gateway.app import create_app, install
 from gateway.registry import Registry, Route
 from gateway.router import Router
 from settings import Settings
@@ -28,8 +27,6 @@ def router(llm: FakeAdapter) -> Router:
 def client(router: Router) -> Iterator[TestClient]:
     """The gateway's ASGI app in-process, over fake backends."""
     app = create_app()
-    app.state.router = router
-    app.state.settings = Settings()
-    app.state.started_at = time.time()
+    install(app, settings=Settings(), router=router)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c

@@ -3,7 +3,6 @@ with tritonclient's own request encoder and response parser (binary tensor exten
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ from starlette.testclient import TestClient
 from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import VisionRunnerAdapter
 from gateway.adapters.triton import TritonAdapter
-from gateway.app import create_app
+from gateway.app import create_app, install
 from gateway.backend import Backend
 from gateway.breaker import CircuitBreaker
 from gateway.registry import Registry, Route
@@ -64,9 +63,7 @@ def client(triton: FakeTriton) -> Iterator[TestClient]:
         "llm": FakeAdapter("llm"),
     }
     app = create_app()
-    app.state.router = Router(Registry(routes), backends)
-    app.state.settings = Settings()
-    app.state.started_at = time.time()
+    install(app, settings=Settings(), router=Router(Registry(routes), backends))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +11,7 @@ from starlette.testclient import TestClient
 
 from gateway.adapters.base import InferenceAdapter
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
-from gateway.app import create_app
+from gateway.app import create_app, install
 from gateway.registry import Registry, Route
 from gateway.router import Router
 from settings import LimitSettings, Settings
@@ -49,9 +48,7 @@ def client(
         "speech": SpeechRunnerAdapter("speech", speech_runner),
     }
     app = create_app()
-    app.state.router = Router(Registry(routes), adapters)
-    app.state.settings = Settings(limits=LIMITS)
-    app.state.started_at = time.time()
+    install(app, settings=Settings(limits=LIMITS), router=Router(Registry(routes), adapters))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 

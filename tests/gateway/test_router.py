@@ -123,13 +123,12 @@ async def test_errors_other_than_unreachable_are_not_retried(
     assert len(primary.requests) == 1
 
 
-async def test_load_shedding_with_retry_after_is_not_retried(
-    router: Router, primary: FakeAdapter
-) -> None:
-    primary.enqueue(BackendUnavailable("primary", "busy", headers={"Retry-After": "1"}))
-    with pytest.raises(BackendUnavailable):
+async def test_an_overload_is_not_retried(router: Router, primary: FakeAdapter) -> None:
+    primary.enqueue(BackendOverloaded("primary", "queue full"))
+    with pytest.raises(BackendOverloaded) as shed:
         await router.predict(route(router, "solo"), "chat", {})
     assert len(primary.requests) == 1
+    assert shed.value.headers == {"Retry-After": "1"} and shed.value.status == 503
 
 
 async def test_breaker_opens_then_fails_fast_with_retry_after_naming_the_backend(
