@@ -3,6 +3,10 @@
     bentoml serve service:Gateway
 
 Each runner is its own BentoML service, so on BentoCloud or Kubernetes each scales on its own.
+`RemoteGateway` is the same gateway without the bundled runners, for remote backends only (the
+`routing:` section): a proxy in front of vLLM, SGLang or Triton servers::
+
+    BUNDLE_CONFIG=routes.yaml bentoml serve service:RemoteGateway
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import bentoml
 
 from gateway.app import create_app, install, shutdown
+from gateway.build import build_router
 from gateway.bundle import bundled_router, dependency_url
 from runners.llm import LLM
 from runners.speech import Transcriber
@@ -38,6 +43,31 @@ class Gateway:
 
         Remote backends do not count: their breakers and fallbacks handle them, and GET /status
         shows them."""
+        return bool(await app.state.router.ready())
+
+    @bentoml.on_shutdown
+    async def close(self) -> None:
+        await shutdown(app)
+
+
+@bentoml.asgi_app(app, path="/")
+@bentoml.service(
+    name="remote-gateway", traffic={"timeout": 3600}, workers=get_settings().gateway.workers
+)
+class RemoteGateway:
+    def __init__(self) -> None:
+        settings = get_settings()
+        router = build_router(
+            settings.routing,
+            bundled={},
+            bundled_routes=[],
+            admission=settings.admission,
+            cache=settings.cache,
+        )
+        install(app, settings=settings, router=router)
+
+    async def __is_ready__(self) -> bool:
+        """Ready when every remote backend marked `required` answers its health check."""
         return bool(await app.state.router.ready())
 
     @bentoml.on_shutdown

@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.router --requests 2000
 
 Starts a real Triton server (tests/servers/triton_models.py), the gateway
-(`bench.router_service`: the bundle's app without its runners) routing to it and to a separate
+(`service:RemoteGateway`: the bundle's app without its runners) routing to it and to a separate
 vLLM OpenAI server on the demo-llm weights, which starts only once the Triton paths are measured
 (an idle vLLM still takes CPU on a small machine). One client sends requests one at a time,
 rotating between the direct and the routed paths so that every path sees the same machine state;
@@ -83,7 +83,7 @@ def start_gateway(config: dict[str, Any]) -> ServerProcess:
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "bentoml", "serve", "bench.router_service:RouterGateway",
+    command = [sys.executable, "-m", "bentoml", "serve", "service:RemoteGateway",
                "--port", str(port), "--host", "127.0.0.1"]  # fmt: skip
     return ServerProcess(
         "router-gateway",

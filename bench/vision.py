@@ -161,7 +161,7 @@ def raw_vision(path: Path, metadata: dict[str, Any]) -> tuple[Callable[[int], ob
     import torch
 
     from contract import imaging
-    from runners.vision import Classifier
+    from runners.classifier import Classifier
 
     classifier = Classifier.load(path, metadata, device=torch.device("cpu"))
     pixels = np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
@@ -177,7 +177,7 @@ def raw_speech(path: Path) -> Callable[[int], object]:
     import torch
 
     from contract.speech import Clip
-    from runners.speech import Whisper
+    from runners.whisper import Whisper
 
     whisper = Whisper.load(path, device=torch.device("cpu"), max_new_tokens=WHISPER_TOKENS)
     clips = [Clip(audio=clip(0)) for _ in range(8)]

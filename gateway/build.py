@@ -18,11 +18,13 @@ from gateway.adapters.triton_transport import make_transport
 from gateway.admission import Admission
 from gateway.backend import Backend
 from gateway.breaker import CircuitBreaker
+from gateway.cache import ResponseCache
 from gateway.metrics import BackendMetrics
 from gateway.registry import Registry, Route
 from gateway.router import Router
 from settings import (
     AdmissionSettings,
+    CacheSettings,
     OpenAIBackend,
     RoutingSettings,
     RunnerBackend,
@@ -38,6 +40,7 @@ def build_router(
     bundled: Mapping[str, InferenceAdapter],
     bundled_routes: Iterable[Route],
     admission: Mapping[str, AdmissionSettings] | None = None,
+    cache: CacheSettings | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Router:
     """The bundled adapters plus a client for every remote backend, each behind its breaker and
@@ -56,7 +59,8 @@ def build_router(
             backends[name] = make_backend(
                 adapter, settings, target=settings.url, admission=limits.get(name), clock=clock
             )
-    return Router(registry, backends, caller_header=routing.caller_header)
+    responses = ResponseCache.from_settings(cache) if cache and cache.models else None
+    return Router(registry, backends, caller_header=routing.caller_header, cache=responses)
 
 
 def remote_adapter(name: str, settings: OpenAIBackend | TritonBackend) -> InferenceAdapter:

@@ -38,5 +38,9 @@ def bundled_router(settings: Settings, *, llm_url: str, vision: Any, speech: Any
     }
     routes = bundled_routes(*settings.bundled_models())
     return build_router(
-        settings.routing, bundled=adapters, bundled_routes=routes, admission=settings.admission
+        settings.routing,
+        bundled=adapters,
+        bundled_routes=routes,
+        admission=settings.admission,
+        cache=settings.cache,
     )

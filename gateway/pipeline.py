@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -173,6 +174,7 @@ def finished(ctx: RequestContext, settings: Settings) -> None:
         "path": ctx.path,
         "status": status,
         "latency_ms": round((now - ctx.started) * 1000, 3),
+        "worker": os.getpid(),
     }
     if ctx.prompt_tokens is not None or ctx.completion_tokens is not None:
         record["ttft_ms"] = (

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from gateway.adapters.base import InferenceAdapter, InferRequest, InferResponse, Task
 from gateway.backend import Backend, close_stream
+from gateway.cache import ResponseCache
 from gateway.context import RequestContext
 from gateway.errors import BackendError, InvalidRequest, ModelNotFound
 from gateway.keys import check_model
@@ -38,6 +39,7 @@ class Router:
         backends: Mapping[str, Backend | InferenceAdapter],
         *,
         caller_header: str = "X-Caller-Id",
+        cache: ResponseCache | None = None,
     ) -> None:
         """`backends` by name; a bare adapter gets a `Backend` with the default breaker."""
         missing = {r.backend for r in registry.routes()} - set(backends)
@@ -48,6 +50,7 @@ class Router:
             name: b if isinstance(b, Backend) else Backend(b) for name, b in backends.items()
         }
         self.caller_header = caller_header
+        self.cache = cache  # deterministic non-streaming answers (gateway/cache.py)
 
     def resolve(
         self,
@@ -91,9 +94,22 @@ class Router:
             options=options,
             request_id=ctx.request_id if ctx else None,
         )
-        return await self._with_fallback(
+        key = self.cache.key(route.name, task, payload, options) if self.cache else None
+        if key is not None:
+            assert self.cache is not None
+            hit = await self.cache.get(route.name, key)
+            if ctx is not None:
+                ctx.cache = "miss" if hit is None else "hit"
+            if hit is not None:
+                if ctx is not None:
+                    ctx.backend = "cache"
+                return hit
+        result = await self._with_fallback(
             route, lambda r: self.backends[r.backend].predict(_for(request, r)), ctx
         )
+        if key is not None and self.cache is not None and result.status == 200:
+            await self.cache.put(key, result)
+        return result
 
     async def stream(
         self, route: Route, task: Task, payload: object, ctx: RequestContext | None = None
@@ -172,6 +188,8 @@ class Router:
         return {"ready": ready, "backends": backends}
 
     async def aclose(self) -> None:
+        if self.cache is not None:
+            await self.cache.aclose()
         for backend in self.backends.values():
             try:
                 await backend.aclose()

@@ -57,9 +57,13 @@ def test_remote_model_streams(gateway: openai.OpenAI, direct: openai.OpenAI) -> 
     stream = gateway.chat.completions.create(
         model="remote-llm", messages=PROMPT, stream=True, **GREEDY
     )
-    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     straight = direct.chat.completions.create(model="remote-llm", messages=PROMPT, **GREEDY)
-    assert text == straight.choices[0].message.content
+    # The fallback (demo-llm) has the same weights and would give the same text: the chunks'
+    # model says who streamed them.
+    assert {c.model for c in chunks} == {"remote-llm"}
+    assert text and text == straight.choices[0].message.content
 
 
 def test_models_lists_remote_and_split_models(gateway: openai.OpenAI) -> None:

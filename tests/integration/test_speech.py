@@ -25,14 +25,28 @@ def client(bundle_url: str) -> openai.OpenAI:
 
 def test_json(client: openai.OpenAI) -> None:
     result = client.audio.transcriptions.create(model=MODEL, file=("speech.wav", SPEECH))
-    assert isinstance(result.text, str) and result.text
+    verbose = client.audio.transcriptions.create(
+        model=MODEL, file=("speech.wav", SPEECH), response_format="verbose_json"
+    )
+    assert verbose.segments is not None and len(verbose.segments) == 2
+    assert all(s.tokens and s.text for s in verbose.segments)  # both 30 s windows decoded
+    assert result.text == verbose.text == " ".join(s.text for s in verbose.segments)
 
 
 def test_text(client: openai.OpenAI) -> None:
+    def as_json(language: str) -> str:
+        return client.audio.transcriptions.create(
+            model=MODEL, file=("speech.wav", SPEECH), language=language
+        ).text
+
     text = client.audio.transcriptions.create(
         model=MODEL, file=("speech.wav", SPEECH), response_format="text", language="en"
     )
-    assert isinstance(text, str) and text.strip()
+    english = as_json("en")
+    assert english and text == english + "\n"  # the JSON transcript, as plain text
+    # The language is the model's: it is in the decoder's prompt (the demo model writes
+    # different text for each of these two), not only a label on the answer.
+    assert as_json("de") != english
 
 
 def test_verbose_json_has_a_segment_per_30_seconds(client: openai.OpenAI) -> None:
@@ -43,6 +57,7 @@ def test_verbose_json_has_a_segment_per_30_seconds(client: openai.OpenAI) -> Non
     assert result.segments is not None
     assert [(s.start, s.end) for s in result.segments] == [(0.0, 30.0), (30.0, 35.0)]
     assert all(s.avg_logprob < 0 and 0 <= s.no_speech_prob <= 1 for s in result.segments)
+    assert all(s.tokens for s in result.segments)  # Whisper never starts a window with its end
     assert result.text == " ".join(s.text for s in result.segments if s.text)
 
 
@@ -56,15 +71,32 @@ def test_srt_and_vtt(client: openai.OpenAI) -> None:
     assert srt.startswith("1\n00:00:00,000 --> 00:00:30,000\n")
     assert "\n2\n00:00:30,000 --> 00:00:35,000\n" in srt
     assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:30.000\n")
+    # Cue blocks are separated by blank lines, and cue text has none.
+    srt_cues = [block.split("\n", 2)[2] for block in srt.split("\n\n") if block]
+    vtt_cues = [block.split("\n", 1)[1] for block in vtt.split("\n\n")[1:] if block]
+    assert len(srt_cues) == 2 and all(srt_cues) and srt_cues == vtt_cues
+    text = client.audio.transcriptions.create(model=MODEL, file=("speech.wav", SPEECH)).text
+    # The cues hold the transcript's words (cue lines are stripped and "-->" is escaped).
+    assert " ".join(srt_cues).split() == text.replace("-->", "->").split()
 
 
 @pytest.mark.parametrize("fmt", ["FLAC", "OGG", "MP3"])
 def test_compressed_formats_and_options(client: openai.OpenAI, fmt: str) -> None:
     data = audio_bytes(tone(2.0, 300, 44_100), 44_100, fmt)
     result = client.audio.transcriptions.create(
-        model=MODEL, file=(f"clip.{fmt.lower()}", data), prompt="The weather", temperature=0.2
+        model=MODEL,
+        file=(f"clip.{fmt.lower()}", data),
+        prompt="The weather",
+        temperature=0.2,
+        response_format="verbose_json",
     )
-    assert isinstance(result.text, str)
+    # Decoded whole and resampled right: 2 s at 44.1 kHz is 2 s at the model's 16 kHz.
+    assert result.duration == pytest.approx(2.0, abs=0.01)
+    assert result.segments is not None and len(result.segments) == 1
+    (segment,) = result.segments
+    assert segment.start == 0.0 and segment.end == result.duration
+    assert segment.tokens and result.text == segment.text
+    assert not result.text.startswith("The weather")  # the prompt conditions, is not transcript
 
 
 def clip(seed: int) -> bytes:
@@ -78,10 +110,14 @@ def test_concurrent_requests_are_batched_without_mixing_up_answers(
 ) -> None:
     clips = [clip(seed) for seed in range(8)]
 
-    def transcribe(data: bytes) -> str:
-        return client.audio.transcriptions.create(model=MODEL, file=("c.wav", data)).text
+    def transcribe(data: bytes) -> tuple[str, float]:
+        result = client.audio.transcriptions.create(
+            model=MODEL, file=("c.wav", data), response_format="verbose_json"
+        )
+        (segment,) = result.segments or []
+        return result.text, segment.no_speech_prob
 
-    def burst() -> list[str]:
+    def burst() -> list[tuple[str, float]]:
         with ThreadPoolExecutor(len(clips)) as pool:
             return list(pool.map(transcribe, clips))
 
@@ -90,7 +126,18 @@ def test_concurrent_requests_are_batched_without_mixing_up_answers(
     alone = [transcribe(data) for data in clips]
     _, multi_before = batch_counts(bundle_url, "speech")
     together = burst()
-    assert together == alone
+    # The demo model's random weights write the same text for every one of these clips, so the
+    # texts cannot show a mix-up. The no-speech probability is computed from each clip's own
+    # audio: each answer must be nearest to the one its clip got alone (batching changes it by
+    # float noise, ~1e-11, against gaps of ~1e-9 between clips).
+    assert [text for text, _ in together] == [text for text, _ in alone]
+    solo = [p for _, p in alone]
+    assert len(set(solo)) == len(clips), f"the clips cannot be told apart: {solo}"
+
+    def closest(p: float) -> int:
+        return min(range(len(solo)), key=lambda j: abs(p - solo[j]))
+
+    assert [closest(p) for _, p in together] == list(range(len(clips))), (together, alone)
     _, multi_after = batch_counts(bundle_url, "speech")
     assert multi_after > multi_before, "no batch of more than one clip was formed"
 

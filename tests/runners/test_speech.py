@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from contract.speech import Clip
-from runners.speech import Whisper, group_by_options
+from runners.whisper import Whisper, group_by_options
 from tests.media import tone
 
 

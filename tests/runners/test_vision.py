@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from contract.vision import top_k
-from runners.vision import Classifier
+from runners.classifier import Classifier
 
 LABELS = ["a", "b", "c", "d", "e"]
 PREPROCESSING = {"resize": 40, "crop_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}

@@ -109,11 +109,14 @@ def test_scale_http_and_grpc(
     http: httpclient.InferenceServerClient, grpc: grpcclient.InferenceServerClient
 ) -> None:
     x = np.array([[0.0, 1.5, -2.0, 10.0], [3.0, 4.0, 5.0, 6.0]], dtype=np.float32)
+    want = np.array([[1.0, 4.0, -3.0, 21.0], [7.0, 9.0, 11.0, 13.0]])  # x * 2 + 1, by hand
+    np.testing.assert_array_equal(reference_scale(x), want)  # the model function itself
     out = http.infer("scale", [_http_input("INPUT0", x)]).as_numpy("OUTPUT0")
-    np.testing.assert_array_equal(out, reference_scale(x))
-    np.testing.assert_array_equal(out[0], [1.0, 4.0, -3.0, 21.0])
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, want)
     gout = grpc.infer("scale", [_grpc_input("INPUT0", x)]).as_numpy("OUTPUT0")
-    np.testing.assert_array_equal(gout, reference_scale(x))
+    assert gout.dtype == np.float32
+    np.testing.assert_array_equal(gout, want)
 
 
 def test_classify_matches_numpy_reference(
@@ -121,7 +124,19 @@ def test_classify_matches_numpy_reference(
 ) -> None:
     rng = np.random.default_rng(7)
     pixels = rng.random((5, *CLASSIFY_SHAPE), dtype=np.float32)
-    want_probs, want_labels = reference_classify(pixels)
+    # The model as triton_models.py defines it, computed afresh in float64 rather than by its
+    # code: a linear layer from default_rng(1234) (W [192, 4] then b [4], standard normal
+    # float32 times 0.1), softmax(flatten(pixels) @ W + b), the label of the largest logit.
+    seeded = np.random.default_rng(1234)
+    weight = seeded.standard_normal((192, 4)).astype(np.float32).astype(np.float64) * 0.1
+    bias = seeded.standard_normal(4).astype(np.float32).astype(np.float64) * 0.1
+    logits = pixels.reshape(5, -1).astype(np.float64) @ weight + bias
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    want_probs = exp / exp.sum(axis=1, keepdims=True)
+    want_labels = [CLASSIFY_LABELS[i] for i in logits.argmax(axis=1)]
+    ref_probs, ref_labels = reference_classify(pixels)  # what other tests compare against
+    np.testing.assert_allclose(ref_probs, want_probs, rtol=1e-5, atol=1e-6)
+    assert ref_labels == want_labels
     outputs = [httpclient.InferRequestedOutput("probs"), httpclient.InferRequestedOutput("label")]
     result = http.infer("classify", [_http_input("pixel_values", pixels)], outputs=outputs)
     probs = result.as_numpy("probs")
@@ -156,7 +171,7 @@ def test_dynamic_batching_forms_batches_grpc_async(
     for _ in xs:
         i, result, error = results.get(timeout=30)
         assert error is None, error
-        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), reference_scale(xs[i]))
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 8), 2 * i + 1))
     after = _scale_stats(http)
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == 16
@@ -187,8 +202,8 @@ def test_dynamic_batching_forms_batches_http_threads(
     with ThreadPoolExecutor(max_workers=len(xs)) as pool:
         outs = list(pool.map(one, xs))
     after = _scale_stats(http)
-    for x, out in zip(xs, outs, strict=True):
-        np.testing.assert_array_equal(out, reference_scale(x))
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out, np.full((1, 8), 2 * i + 1))  # xs[i] * 2 + 1
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == 16
     assert executions < inferences, f"no batch > 1: {executions} executions for 16 requests"
