@@ -40,7 +40,7 @@ class Clock:
             (Segment(0, 0.0, 2.5, "hi there", (5, 6), -0.5, 0.1),),
             0.0,
             "german",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_the_codec_round_trips_every_json_kind_of_body(body: object) -> None:
