@@ -215,7 +215,7 @@ class AuthSettings(_Section):
     # More keys from a YAML file (a list of entries like `keys`) named by this environment
     # variable, so a Kubernetes or BentoCloud secret can supply them.
     keys_file_env: str = "BUNDLE_KEYS_FILE"
-    protect_ops: bool = False  # /metrics and /status need a key too (/livez, /readyz never)
+    protect_ops: bool = False  # /status needs a key too (/livez, /readyz never)
 
 
 class RateLimitSettings(_Section):

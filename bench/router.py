@@ -17,7 +17,9 @@ the table gives p50/p99 of each and the difference. Paths:
     vllm      chat completion with max_tokens 1 (whole response), and streamed (first chunk)
     in process, no network: Router.predict over an adapter that answers at once, against the
               adapter; a whole KServe infer through the gateway's ASGI app over an instant Triton
-              fake, against the app's /v2/health/live
+              fake, against the app's /v2/health/live; the same infer with an API key whose
+              rpm, tpm and max_parallel are counted in memory and in a real Redis on loopback,
+              against the infer without keys: the request pipeline's own cost
 """
 
 from __future__ import annotations
@@ -40,14 +42,16 @@ from starlette.applications import Starlette
 
 from gateway.adapters.base import InferRequest, InferResponse
 from gateway.adapters.triton import TritonAdapter
-from gateway.app import create_app
+from gateway.app import create_app, install
+from gateway.keys import digest
 from gateway.registry import Registry, Route
 from gateway.router import Router
 from gateway.tensors import ModelMetadata, TensorSpec
-from settings import Settings
+from settings import Settings, parse_settings
 from tests.fakes import FakeTriton
 from tests.servers.bentoml_home import isolated_home
 from tests.servers.process import ServerProcess, free_port, http_ok
+from tests.servers.redis import RedisProcess
 from tests.servers.triton import TritonProcess
 from tests.servers.vllm import vllm_process
 
@@ -177,12 +181,14 @@ class Instant:
         pass
 
 
-async def in_process(requests: int) -> dict[str, list[float]]:
+async def in_process(requests: int, redis_url: str) -> dict[str, list[float]]:
     adapter = Instant()
     router = Router(Registry([Route("m", "llm", "instant", "m")]), {"instant": adapter})
     route = router.resolve("m", kinds=("llm",))
     request = InferRequest("chat", "m", {})
     app = kserve_app()
+    memory, redis = kserve_app(keyed("memory://")), kserve_app(keyed(redis_url))
+    auth = ((b"authorization", f"Bearer {BENCH_KEY}".encode()),)
     infer = json.dumps(
         {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
     ).encode()
@@ -191,6 +197,12 @@ async def in_process(requests: int) -> dict[str, list[float]]:
         "router": lambda: router.predict(route, "chat", {}),
         "app /v2/health/live": lambda: asgi(app, "GET", "/v2/health/live", b""),
         "app infer": lambda: asgi(app, "POST", "/v2/models/scale/infer", infer),
+        "app infer, key + limits (memory)": lambda: asgi(
+            memory, "POST", "/v2/models/scale/infer", infer, auth
+        ),
+        "app infer, key + limits (redis)": lambda: asgi(
+            redis, "POST", "/v2/models/scale/infer", infer, auth
+        ),
     }
     samples: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(requests):
@@ -201,23 +213,41 @@ async def in_process(requests: int) -> dict[str, list[float]]:
     return samples
 
 
-def kserve_app() -> Starlette:
+def kserve_app(settings: Settings | None = None) -> Starlette:
+    """The gateway's app over an instant Triton fake, with the whole pipeline (`install`)."""
     meta = ModelMetadata(
         "scale", "python", (),
         (TensorSpec("INPUT0", "FP32", (-1, -1)),), (TensorSpec("OUTPUT0", "FP32", (-1, -1)),),
     )  # fmt: skip
     triton = FakeTriton({"scale": (meta, lambda x: {"OUTPUT0": x["INPUT0"] * 2 + 1})})
     app = create_app()
-    app.state.settings = Settings()
-    app.state.started_at = 0.0
-    app.state.router = Router(
+    router = Router(
         Registry([Route("scale", "tensor", "triton", "scale")]),
         {"triton": TritonAdapter("triton", triton)},
     )
+    install(app, settings=settings or Settings(log={"access_log": False}), router=router)
     return app
 
 
-async def asgi(app: Starlette, method: str, path: str, body: bytes) -> None:
+BENCH_KEY = "sk-bench"
+
+
+def keyed(storage: str) -> Settings:
+    """One key with every limit set high enough never to refuse, on `storage`."""
+    key = {"name": "bench", "sha256": digest(BENCH_KEY), "rpm": 10**9, "tpm": 10**12,
+           "max_parallel": 10**6}  # fmt: skip
+    return parse_settings(
+        {"auth": {"keys": [key]}, "ratelimit": {"storage": storage}, "log": {"access_log": False}}
+    )
+
+
+async def asgi(
+    app: Starlette,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
     """One request straight into the ASGI app, as a server would pass it (no client, no socket)."""
 
     async def receive() -> dict[str, Any]:
@@ -232,7 +262,7 @@ async def asgi(app: Starlette, method: str, path: str, body: bytes) -> None:
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
         "root_path": "", "server": ("127.0.0.1", 3000), "client": ("127.0.0.1", 1),
         "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
+                    (b"content-length", str(len(body)).encode()), *headers],
     }  # fmt: skip
     await app(scope, receive, send)
 
@@ -266,7 +296,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="per Triton path")
     parser.add_argument("--llm-requests", type=int, default=300, help="per vLLM path")
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument(
+        "--in-process", action="store_true", help="only the in-process rows (router, pipeline)"
+    )
     args = parser.parse_args()
+    if args.in_process:
+        with RedisProcess() as redis:
+            local = asyncio.run(in_process(5000, redis.url))
+        table = rows(local, "adapter", ["router"])
+        table += rows(local, "app /v2/health/live", ["app infer"])
+        table += rows(local, "app infer", [name for name in local if "key + limits" in name])
+        print_table(table)
+        return
 
     triton = TritonProcess(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     vllm = vllm_process(served_name="remote-llm")
@@ -284,13 +325,15 @@ def main() -> None:
             gateway.stop()
         vllm.stop()
         triton.close()
-    local = asyncio.run(in_process(5000))
+    with RedisProcess() as redis:  # the shared rate-limit storage, on loopback
+        local = asyncio.run(in_process(5000, redis.url))
     table = rows(tri, "triton /v2/health/live", ["gateway /v2/health/live"])
     table += rows(tri, "triton direct", ["gateway -> triton (grpc)", "gateway -> triton (http)"])
     table += rows(llm, "vllm direct", ["gateway -> vllm"])
     table += rows(llm, "vllm direct (first chunk)", ["gateway -> vllm (first chunk)"])
     table += rows(local, "adapter", ["router"])
     table += rows(local, "app /v2/health/live", ["app infer"])
+    table += rows(local, "app infer", [name for name in local if "key + limits" in name])
     print()
     print_table(table)
 

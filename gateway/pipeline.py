@@ -40,7 +40,7 @@ log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
 API_PREFIXES = ("/v1/", "/v2/")
-OPS_PATHS = ("/status", "/metrics")  # need a key when `auth.protect_ops` is set
+OPS_PATHS = ("/status",)  # need a key when `auth.protect_ops` is set
 
 IN_FLIGHT = Gauge(
     "gateway_requests_in_flight",

@@ -1,20 +1,28 @@
-"""Per-key limits shared through a real Redis by two gateway workers, under `bentoml serve`.
+"""API keys and per-key limits, shared through a real Redis by two gateway workers, with the
+real clients (openai, tritonclient) a user would call the gateway with.
 
-The gateway (`service:RemoteGateway`, two workers) routes KServe V2 requests to the routing
-stack's real Triton; the key's limits live in a real redis-server started here.
+The gateway (`service:RemoteGateway`, two workers, under `bentoml serve`) routes KServe V2
+requests to the routing stack's real Triton and chat completions to its real vLLM; the keys'
+limits live in a real redis-server started here.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import openai
 import pytest
+import tritonclient.http as httpclient
 import yaml
+from tritonclient.utils import InferenceServerException
 
 from gateway.keys import digest
 from tests.integration.conftest import RoutingStack
@@ -26,8 +34,11 @@ from tests.servers.redis import RedisProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-KEY = "sk-shared-limits-test"
+KEY = "sk-shared-limits-test"  # team-a: rpm
+TOKENS_KEY = "sk-tokens-test"  # team-b: tpm, only remote-* models
+PARALLEL_KEY = "sk-parallel-test"  # team-c: one request at a time
 RPM = 12
+TPM = 60
 INFER = {"inputs": [{"name": "INPUT0", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]}
 
 
@@ -46,13 +57,20 @@ def gateway(routing_stack: RoutingStack, redis: RedisProcess) -> Iterator[Server
     config: dict[str, Any] = {
         "gateway": {"workers": 2},
         "ratelimit": {"storage": redis.url},
-        "auth": {"keys": [{"name": "team-a", "sha256": digest(KEY), "rpm": RPM}]},
+        "auth": {"keys": [
+            {"name": "team-a", "sha256": digest(KEY), "rpm": RPM},
+            {"name": "team-b", "sha256": digest(TOKENS_KEY), "tpm": TPM, "models": ["remote-*"]},
+            {"name": "team-c", "sha256": digest(PARALLEL_KEY), "max_parallel": 1},
+        ]},
         "routing": {
             "backends": {
                 "triton": {"kind": "triton", "url": routing_stack.triton.http_url,
                            "protocol": "http"},
+                "vllm": {"kind": "openai", "url": routing_stack.vllm.url},
             },
-            "models": {"scale": {"backend": "triton"}},
+            "models": {"scale": {"backend": "triton"},
+                       "sleepy": {"backend": "triton"},
+                       "remote-llm": {"backend": "vllm"}},
         },
     }  # fmt: skip
     (directory / "routes.yaml").write_text(yaml.safe_dump(config))
@@ -104,6 +122,61 @@ def test_two_workers_share_the_keys_rpm_through_redis(gateway: ServerProcess) ->
     assert "team-a" in refused.json()["error"]  # KServe's shape on /v2, the key's name
     served = {line["worker"] for line in access_lines(gateway) if line["status"] == 200}
     assert len(served) == 2, "both workers served requests (else this proves nothing)"
+
+
+def test_the_openai_client_needs_a_key_and_hits_its_token_limit(gateway: ServerProcess) -> None:
+    anonymous = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as denied:
+        anonymous.models.list()
+    assert denied.value.code == "invalid_api_key"
+
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=TOKENS_KEY, max_retries=0)
+    chat = {"model": "remote-llm", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 16, "temperature": 0}  # fmt: skip
+    raw = client.chat.completions.with_raw_response.create(**chat)
+    used = raw.parse().usage.total_tokens
+    assert raw.headers["x-ratelimit-limit-tokens"] == str(TPM)
+    request_id = raw.headers["x-request-id"]
+    with pytest.raises(openai.RateLimitError) as limited:
+        for _ in range(TPM // used + 2):
+            client.chat.completions.create(**chat)
+    assert "tokens per minute" in limited.value.message
+    assert limited.value.response.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert int(limited.value.response.headers["retry-after"]) >= 1
+    (line,) = [entry for entry in access_lines(gateway) if entry["request_id"] == request_id]
+    assert (line["key"], line["model"], line["backend"]) == ("team-b", "remote-llm", "vllm")
+    assert line["prompt_tokens"] + line["completion_tokens"] == used
+
+
+def test_tritonclient_sends_the_key_and_the_allow_list_holds(gateway: ServerProcess) -> None:
+    address = gateway.url.removeprefix("http://")
+    client = httpclient.InferenceServerClient(address)
+    x = httpclient.InferInput("INPUT0", [1, 4], "FP32")
+    x.set_data_from_numpy(np.array([[1, 2, 3, 4]], dtype=np.float32))
+    ok = client.infer("scale", [x], headers={"Authorization": f"Bearer {PARALLEL_KEY}"})
+    assert ok.as_numpy("OUTPUT0").tolist() == [[3.0, 5.0, 7.0, 9.0]]
+    with pytest.raises(InferenceServerException) as denied:
+        client.infer("scale", [x])
+    assert "API key" in str(denied.value)
+    with pytest.raises(InferenceServerException) as forbidden:
+        client.infer("scale", [x], headers={"api-key": TOKENS_KEY})  # team-b: remote-* only
+    assert "team-b" in str(forbidden.value)
+
+
+def test_max_parallel_refuses_a_second_request_in_flight(gateway: ServerProcess) -> None:
+    sleepy = {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+    headers = {"Authorization": f"Bearer {PARALLEL_KEY}"}
+
+    def call() -> httpx.Response:
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            return client.post("/v2/models/sleepy/infer", json=sleepy, headers=headers)
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(call)
+        time.sleep(1.0)  # sleepy takes seconds: the first is in flight
+        second = pool.submit(call).result()
+        assert first.result().status_code == 200
+    assert second.status_code == 429 and "parallel requests" in second.json()["error"]
 
 
 def test_redis_down_fails_open_with_a_metric(gateway: ServerProcess, redis: RedisProcess) -> None:
