@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -20,8 +19,9 @@ import threading
 import time
 from collections.abc import Sequence
 
+from lifecycle import die_with_parent
+
 log = logging.getLogger("runners.supervisor")
-PR_SET_PDEATHSIG = 1
 
 
 class Supervisor:
@@ -52,7 +52,7 @@ class Supervisor:
             # outlive a server that was killed (OOM, SIGKILL) and would hold the model's memory
             # and cores while the restarted server loads another copy. The group takes them too.
             self._child = subprocess.Popen(
-                self.command, preexec_fn=_die_with_parent, process_group=0
+                self.command, preexec_fn=die_with_parent, process_group=0
             )
             code = self._child.wait()
             _kill_group(self._child.pid, signal.SIGKILL)  # what the dead child left behind
@@ -94,13 +94,6 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this process when its parent dies, so no engine outlives its owner."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runners.supervisor")
     parser.add_argument("--max-restarts", type=int, default=5)
@@ -122,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         threading.Thread(target=sup.stop, daemon=True).start()
 
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     code = sup.run()
