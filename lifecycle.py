@@ -1,30 +1,220 @@
-"""Process lifecycle shared by every service of the bundle (standard library only).
+"""Process lifecycle shared by every service of the bundle: drain on SIGTERM, die with the parent.
 
-die_with_parent()   the kernel sends this process SIGTERM when the process that started it
-                    dies, so no worker outlives `bentoml serve` (or a supervisor its owner)
+Standard library and Starlette only, so the gateway and the runners both use it.
+
+    die_with_parent()       the kernel sends this process SIGTERM when its parent dies, so no
+                            worker outlives `bentoml serve` (nor a supervisor its owner)
+    install_drain(...)      SIGTERM/SIGINT drain the worker instead of stopping it (see Drain)
+    DrainMiddleware         counts requests in flight; while draining /readyz answers 503 and,
+                            where the service refuses new work, so does every new request
+
+How a worker drains (`Drain`): readiness turns 503 at once; new requests get 503 + Retry-After
+(the gateway) or are still served (the runners: their only client is the draining gateway, whose
+requests in flight may still need them); requests in flight run to completion up to `timeout_s`;
+then streams still running are ended with an error event by their relays (`DRAIN.past_deadline`)
+and get `final_grace_s` more; then uvicorn stops the worker, which exits 0. A second signal goes
+straight to the deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
+import logging
 import os
 import signal
 import sys
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from settings import DrainSettings
+
+log = logging.getLogger("lifecycle")
 
 PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+PROBES = ("/readyz", "/livez", "/metrics")
+DRAINING = "The server is shutting down; retry shortly (another replica will answer)."
+DRAINING_OPENAI = (
+    b'{"error": {"message": "' + DRAINING.encode() + b'", "type": "service_unavailable", '
+    b'"param": null, "code": "draining"}}'
+)
+DRAINING_KSERVE = b'{"error": "' + DRAINING.encode() + b'"}'
 
 
 def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
     """Linux: have `sig` sent to this process when its parent dies (a no-op elsewhere).
 
-    BentoML starts each service worker in a process group of its own, so a SIGKILL of the
-    `bentoml serve` process (circus' arbiter) reaches none of them; with this they drain and
-    exit instead of holding the port. If the parent is already gone, the signal is sent now.
+    BentoML starts each service worker in a session of its own, so a SIGKILL of the
+    `bentoml serve` process (circus' arbiter) reaches none of them; with this they drain and exit
+    instead of holding the port. Safe in a `preexec_fn` (libc is loaded at import, not after
+    fork). If the parent is already gone, the signal is sent now.
     """
-    if not sys.platform.startswith("linux"):
+    if _LIBC is None:
         return
     parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, int(sig))
+    _LIBC.prctl(PR_SET_PDEATHSIG, int(sig))
     if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), sig)
+
+
+class Drain:
+    """The drain state of this process (one per worker: `DRAIN`)."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.past_deadline = False  # relays end their streams with an error event once set
+        self.inflight = 0
+        self.refuse_new = False
+        self.retry_after_s = 5
+        self.timeout_s = 60.0
+        self.final_grace_s = 5.0
+        self.quiet_s = 0.0
+        self.started_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_activity = time.monotonic()
+
+    def started(self) -> None:
+        self.inflight += 1
+        self._last_activity = time.monotonic()
+
+    def finished(self) -> None:
+        self.inflight -= 1
+        self._last_activity = time.monotonic()
+
+    def begin(self, server: Any) -> None:
+        """Start draining (first signal) or go to the deadline (second)."""
+        if self._task is not None:
+            log.warning("second stop signal: ending the %d requests in flight now", self.inflight)
+            self.past_deadline = True
+            return
+        self.draining = True
+        self.started_at = time.monotonic()
+        log.info(
+            "draining: %d requests in flight, up to %.0f s (pid %d)",
+            self.inflight,
+            self.timeout_s,
+            os.getpid(),
+        )
+        self._task = asyncio.get_running_loop().create_task(self._drain(server))
+
+    async def _drain(self, server: Any) -> None:
+        assert self.started_at is not None
+        deadline = self.started_at + self.timeout_s
+        while not self._settled() and time.monotonic() < deadline and not self.past_deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if self.inflight:
+            self.past_deadline = True
+            log.warning("drain deadline: cutting %d requests still in flight", self.inflight)
+            grace_end = time.monotonic() + self.final_grace_s
+            while self.inflight and time.monotonic() < grace_end:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        log.info("drained in %.1f s; stopping", time.monotonic() - self.started_at)
+        if server is not None:
+            server.config.timeout_graceful_shutdown = self.final_grace_s  # uvicorn's backstop
+            server.should_exit = True
+
+    def _settled(self) -> bool:
+        return self.inflight == 0 and time.monotonic() - self._last_activity >= self.quiet_s
+
+
+DRAIN = Drain()
+
+
+def install_drain(
+    *,
+    timeout_s: float,
+    final_grace_s: float,
+    retry_after_s: int,
+    refuse_new: bool,
+    quiet_s: float = 0.0,
+) -> None:
+    """Take SIGTERM and SIGINT over from uvicorn in this worker, to drain first.
+
+    Call it from the service's `__init__` (BentoML runs it in the worker's main thread, inside
+    uvicorn's startup, after uvicorn installed its own handlers; uvicorn is the one that stops).
+    """
+    DRAIN.timeout_s, DRAIN.final_grace_s = timeout_s, final_grace_s
+    DRAIN.retry_after_s, DRAIN.refuse_new, DRAIN.quiet_s = retry_after_s, refuse_new, quiet_s
+    previous = signal.getsignal(signal.SIGTERM)
+    server = getattr(previous, "__self__", None)  # uvicorn.Server.handle_exit, bound
+    if server is None or not hasattr(server, "should_exit"):
+        log.warning("no uvicorn server found; stop signals will not drain this process")
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        loop.call_soon_threadsafe(DRAIN.begin, server)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def drain_entry(settings: DrainSettings) -> None:
+    """The gateway: refuses new requests while draining, cuts streams at the deadline."""
+    install_drain(
+        timeout_s=settings.timeout_s,
+        final_grace_s=settings.final_grace_s,
+        retry_after_s=settings.retry_after_s,
+        refuse_new=True,
+    )
+
+
+def drain_runner(settings: DrainSettings) -> None:
+    """A runner: serves on while its client (the gateway) drains, and outlives its deadline."""
+    install_drain(
+        timeout_s=settings.timeout_s + settings.final_grace_s + 5,
+        final_grace_s=settings.final_grace_s,
+        retry_after_s=settings.retry_after_s,
+        refuse_new=False,
+        quiet_s=settings.runner_quiet_s,
+    )
+
+
+class DrainMiddleware:
+    """Counts this worker's requests in flight and answers for it while it drains."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path in PROBES:
+            if path == "/readyz" and DRAIN.draining:
+                await _plain(send, 503, b"draining\n", DRAIN.retry_after_s)
+                return
+            await self.app(scope, receive, send)
+            return
+        if DRAIN.draining and DRAIN.refuse_new:
+            body = DRAINING_KSERVE if path.startswith("/v2") else DRAINING_OPENAI
+            await _plain(send, 503, body, DRAIN.retry_after_s, media_type=b"application/json")
+            return
+        DRAIN.started()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            DRAIN.finished()
+
+
+async def _plain(
+    send: Send, status: int, body: bytes, retry_after_s: int, media_type: bytes = b"text/plain"
+) -> None:
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", media_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(retry_after_s).encode()),
+            (b"connection", b"close"),
+        ],
+    }
+    with contextlib.suppress(OSError):
+        await send(start)
+        await send({"type": "http.response.body", "body": body})

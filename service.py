@@ -11,15 +11,23 @@ Each runner is its own BentoML service, so on BentoCloud or Kubernetes each scal
 
 from __future__ import annotations
 
+import os
+
 import bentoml
 
 from gateway.app import create_app, install, shutdown
 from gateway.build import build_router
 from gateway.bundle import bundled_router, dependency_url
+from lifecycle import DrainMiddleware, die_with_parent, drain_entry
 from runners.llm import LLM
 from runners.speech import Transcriber
 from runners.vision import ImageClassifier
 from settings import get_settings
+
+# The runners' sockets as loopback TCP, held open by `bentoml serve` until every service has
+# stopped: with Unix sockets BentoML deletes the files as shutdown begins, and a draining
+# gateway's requests in flight could no longer reach the runners.
+os.environ.setdefault("BENTOML_NO_UDS", "1")
 
 app = create_app()
 
@@ -33,6 +41,8 @@ class Gateway:
 
     def __init__(self) -> None:
         settings = get_settings()
+        die_with_parent()
+        drain_entry(settings.drain)
         router = bundled_router(
             settings, llm_url=dependency_url(type(self).llm), vision=self.vision, speech=self.speech
         )
@@ -50,6 +60,9 @@ class Gateway:
         await shutdown(app)
 
 
+Gateway.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]
+
+
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(
     name="remote-gateway", traffic={"timeout": 3600}, workers=get_settings().gateway.workers
@@ -57,6 +70,8 @@ class Gateway:
 class RemoteGateway:
     def __init__(self) -> None:
         settings = get_settings()
+        die_with_parent()
+        drain_entry(settings.drain)
         router = build_router(
             settings.routing,
             bundled={},
@@ -73,3 +88,6 @@ class RemoteGateway:
     @bentoml.on_shutdown
     async def close(self) -> None:
         await shutdown(app)
+
+
+RemoteGateway.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]

@@ -46,6 +46,7 @@ class LLMSettings(_Section):
     enable_prefix_caching: bool = True
     extra_args: list[str] = []
     startup_timeout_s: float = Field(600, gt=0)
+    shutdown_timeout_s: int = Field(10, ge=0)  # vLLM --shutdown-timeout: its own drain, last
 
 
 class VisionSettings(_Section):
@@ -70,6 +71,18 @@ class LimitSettings(_Section):
     max_request_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_audio_seconds: float = Field(600, gt=0)
+
+
+class DrainSettings(_Section):
+    """What SIGTERM (Kubernetes' stop, `bentoml serve`'s Ctrl-C) does: see lifecycle.py."""
+
+    # Requests in flight (streams too) get this long to finish; a typical chat stream of ~1,000
+    # tokens at 30 tokens/s is ~35 s. Size the pod's terminationGracePeriodSeconds above it.
+    timeout_s: float = Field(60.0, gt=0)
+    final_grace_s: float = Field(5.0, ge=0)  # after the deadline, for the cut streams' last events
+    retry_after_s: int = Field(5, ge=1)  # on the 503s a draining gateway answers
+    runner_quiet_s: float = Field(2.0, ge=0)  # runners stop once idle this long (or past the
+    # gateway's deadline): their client, the draining gateway, may still call them
 
 
 class GatewaySettings(_Section):
@@ -255,6 +268,7 @@ class Settings(_Section):
     speech: SpeechSettings = SpeechSettings()
     limits: LimitSettings = LimitSettings()
     gateway: GatewaySettings = GatewaySettings()
+    drain: DrainSettings = DrainSettings()
     routing: RoutingSettings = RoutingSettings()
     auth: AuthSettings = AuthSettings()
     ratelimit: RateLimitSettings = RateLimitSettings()

@@ -41,21 +41,21 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 from urllib.parse import urlsplit
 
-import redis.asyncio
-import redis.exceptions
 from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from prometheus_client import Counter
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 from gateway.errors import BackendUnavailable, RateLimited
 from gateway.keys import ApiKey
@@ -68,7 +68,15 @@ SOCKET_TIMEOUT_S = 0.25  # connect and each command; loopback or same-zone Redis
 # expire under it while its key is quiet.
 PARALLEL_TTL_S = 900
 WARN_EVERY_S = 10.0
-STORAGE_FAILURES = (redis.exceptions.RedisError, StorageError, OSError, TimeoutError)
+BASE_FAILURES: tuple[type[BaseException], ...] = (StorageError, OSError, TimeoutError)
+
+
+def storage_failures() -> tuple[type[BaseException], ...]:
+    """What a failing storage raises: redis-py's errors too once redis is loaded (it is imported
+    only for a Redis storage: it would cost the gateway's import 0.4 s)."""
+    exceptions = sys.modules.get("redis.exceptions")
+    return BASE_FAILURES if exceptions is None else (*BASE_FAILURES, exceptions.RedisError)
+
 
 STORAGE_ERRORS = Counter(
     "gateway_ratelimit_storage_errors",
@@ -214,6 +222,8 @@ class RedisSlots:
         self, pool: redis.asyncio.ConnectionPool, prefix: str, ttl_s: int = PARALLEL_TTL_S
     ) -> None:
         self._pool = pool
+        import redis.asyncio
+
         self._client = redis.asyncio.Redis(connection_pool=pool)
         self._prefix = prefix
         self._ttl_s = ttl_s
@@ -259,6 +269,11 @@ class RateLimiter:
         if url.startswith("memory://"):
             return cls(MemoryStorage(), MemorySlots(), fail_open=settings.fail_open)
         # One pool for limits' scripts and the slot counter; no retries, short timeouts.
+        import redis.asyncio
+        from limits.aio.storage import RedisStorage
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         pool = redis.asyncio.ConnectionPool.from_url(
             url,
             socket_timeout=SOCKET_TIMEOUT_S,
@@ -285,7 +300,7 @@ class RateLimiter:
         lease = Lease(self, key)
         try:
             await self._admit(key, lease)
-        except STORAGE_FAILURES as exc:
+        except storage_failures() as exc:
             self._storage_failed(exc)
             if not self.fail_open:
                 await lease.release()
@@ -357,13 +372,13 @@ class RateLimiter:
                 left = (await self._windows.get_window_stats(item, "tpm", key.name)).remaining
                 if left > 0:
                     await self._windows.hit(item, "tpm", key.name, cost=left)
-        except STORAGE_FAILURES as exc:
+        except storage_failures() as exc:
             self._storage_failed(exc)
 
     async def _release_slot(self, key: ApiKey) -> None:
         try:
             await self._slots.release(key.name)
-        except STORAGE_FAILURES as exc:
+        except storage_failures() as exc:
             self._storage_failed(exc)
 
     def _storage_failed(self, exc: BaseException) -> None:

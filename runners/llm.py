@@ -12,17 +12,23 @@ that BentoML serves.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import signal
 import sys
+from typing import Any
 
 import bentoml
 import httpx
 
 from contract.names import LLM as NAME
 from contract.names import model_name
+from lifecycle import DRAIN, DrainMiddleware, die_with_parent, drain_runner
 from settings import LLMSettings, get_settings
 
 SETTINGS = get_settings().llm
+log = logging.getLogger("runners.llm")
 
 
 def engine_command(settings: LLMSettings, model_path: str, served_name: str) -> list[str]:
@@ -41,6 +47,7 @@ def engine_command(settings: LLMSettings, model_path: str, served_name: str) -> 
         if settings.enable_prefix_caching
         else "--no-enable-prefix-caching"
     )
+    cmd += ["--shutdown-timeout", str(settings.shutdown_timeout_s)]
     cmd += ["--disable-uvicorn-access-log", *settings.extra_args]
     return cmd
 
@@ -65,12 +72,23 @@ class LLM:
     model = bentoml.models.BentoModel(SETTINGS.model)
 
     def __init__(self) -> None:
+        die_with_parent()
+        drain_runner(get_settings().drain)
         self._probe = httpx.AsyncClient(base_url=f"http://127.0.0.1:{SETTINGS.port}", timeout=2)
+        self._watch = asyncio.get_running_loop().create_task(watch_supervisor())
 
     def __command__(self) -> list[str]:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(SETTINGS.kv_cache_space_gib))
         engine = engine_command(SETTINGS, self.model.path, served_name(SETTINGS))
-        return [sys.executable, "-m", "runners.supervisor", "--", *engine]
+        drain = get_settings().drain  # the worker drains for at most this long, then stops us
+        wait_s = drain.timeout_s + 2 * drain.final_grace_s + 10
+        return [sys.executable, "-m", "runners.supervisor", "--drain-wait", f"{wait_s:g}",
+                "--stop-timeout", str(SETTINGS.shutdown_timeout_s + 10), "--", *engine]  # fmt: skip
+
+    async def __is_alive__(self) -> bool:
+        """Dead once the supervisor is gone (killed, or out of restarts): liveness turns false,
+        so Kubernetes restarts the pod; `watch_supervisor` makes the worker exit as well."""
+        return supervisor_running()
 
     async def __is_ready__(self) -> bool:
         """Ready only when the engine itself answers /health, not when BentoML has started."""
@@ -82,4 +100,31 @@ class LLM:
 
     @bentoml.on_shutdown
     async def _close(self) -> None:
+        self._watch.cancel()
         await self._probe.aclose()
+
+
+def supervisor_running() -> bool:
+    """False once the supervisor BentoML started as this service's command has exited."""
+    proc = _supervisor()
+    return proc is None or proc.returncode is None
+
+
+def _supervisor() -> Any:
+    return LLM.context.state.get("proc")  # type: ignore[attr-defined]  # BentoML's proxy sets it
+
+
+async def watch_supervisor() -> None:
+    """Without its supervisor this service proxies to nothing, for good: SIGTERM this worker,
+    so `bentoml serve` respawns it (and with it the supervisor and vLLM) and a lone service
+    (`bentoml start-http-server`, one per pod) exits for its owner to restart."""
+    while (proc := _supervisor()) is None:  # noqa: ASYNC110  # BentoML starts it after __init__
+        await asyncio.sleep(0.5)
+    code = await proc.wait()
+    if DRAIN.draining:
+        return  # stopped as part of this worker's own shutdown
+    log.error("the vLLM supervisor exited with %s; stopping this worker to be restarted", code)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+LLM.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]

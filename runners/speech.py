@@ -19,6 +19,7 @@ import bentoml
 from contract import audio
 from contract.names import SPEECH as SPEECH_NAME
 from contract.speech import Clip, ClipText, SpeechInfo
+from lifecycle import DrainMiddleware, die_with_parent, drain_runner
 from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
 
@@ -36,6 +37,8 @@ class Transcriber:
     model = bentoml.models.BentoModel(SPEECH.model)
 
     def __init__(self) -> None:
+        die_with_parent()
+        drain_runner(SETTINGS.drain)
         from runners.device import select_device
         from runners.whisper import Whisper  # torch loads in this service's process only
 
@@ -63,3 +66,6 @@ class Transcriber:
             languages=self.whisper.languages,
             chunk_seconds=audio.CHUNK_SECONDS,
         )
+
+
+Transcriber.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]

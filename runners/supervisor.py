@@ -1,9 +1,15 @@
-"""Run a server process, restart it when it crashes, stop it cleanly on SIGTERM.
+"""Run a server process, restart it when it crashes, stop it cleanly when its owner stops.
 
 BentoML starts this as the LLM service's custom command, so BentoML's proxy keeps one stable
 upstream address while the engine behind it may be restarted::
 
-    python -m runners.supervisor --max-restarts 5 -- python -m vllm.entrypoints.openai.api_server
+    python -m runners.supervisor --max-restarts 5 --drain-wait 75 -- python -m vllm...
+
+Stopping, in order: `bentoml serve` signals the LLM worker and this process at the same moment.
+With `--drain-wait`, that first SIGTERM is only a notice: the engine keeps serving the requests
+the worker is still draining, and is stopped when the worker, drained, terminates this process
+(a second SIGTERM), when the worker dies, or `--drain-wait` seconds later, whichever comes
+first. SIGINT stops at once.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class Supervisor:
         self.backoff_s = backoff_s
         self.stop_timeout_s = stop_timeout_s
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # stop() and a (re)start never cross
         self._child: subprocess.Popen[bytes] | None = None
         self._restarts: list[float] = []
 
@@ -51,9 +58,12 @@ class Supervisor:
             # Its own process group: vLLM's API server forks an engine core and workers, which
             # outlive a server that was killed (OOM, SIGKILL) and would hold the model's memory
             # and cores while the restarted server loads another copy. The group takes them too.
-            self._child = subprocess.Popen(
-                self.command, preexec_fn=die_with_parent, process_group=0
-            )
+            with self._lock:
+                if self._stopping.is_set():
+                    return 0
+                self._child = subprocess.Popen(
+                    self.command, preexec_fn=die_with_parent, process_group=0
+                )
             code = self._child.wait()
             _kill_group(self._child.pid, signal.SIGKILL)  # what the dead child left behind
             if self._stopping.is_set():
@@ -76,8 +86,9 @@ class Supervisor:
         return 0
 
     def stop(self) -> None:
-        self._stopping.set()
-        child = self._child
+        with self._lock:
+            self._stopping.set()
+            child = self._child
         if child is None or child.poll() is not None:
             return
         _kill_group(child.pid, signal.SIGTERM)
@@ -99,6 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-restarts", type=int, default=5)
     parser.add_argument("--restart-window", type=float, default=300.0)
     parser.add_argument("--stop-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--drain-wait",
+        type=float,
+        default=0.0,
+        help="after a first SIGTERM, keep the child serving until a second one, the parent's "
+        "death or this many seconds (0: stop at the first)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -112,7 +130,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_timeout_s=args.stop_timeout,
     )
 
+    parent = os.getppid()
+    noticed, again = threading.Event(), threading.Event()
+
+    def stop_when_drained() -> None:
+        again.wait(args.drain_wait)
+        sup.stop()
+
     def on_signal(signum: int, _frame: object) -> None:
+        owner_alive = os.getppid() == parent  # it drains first, then stops us
+        if signum == signal.SIGTERM and args.drain_wait and not noticed.is_set() and owner_alive:
+            noticed.set()
+            log.info("stop notice: the engine serves on while its service drains "
+                     "(at most %.0f s)", args.drain_wait)  # fmt: skip
+            threading.Thread(target=stop_when_drained, daemon=True).start()
+            return
+        again.set()
         threading.Thread(target=sup.stop, daemon=True).start()
 
     die_with_parent()

@@ -24,6 +24,7 @@ from bentoml.validators import ContentType, DType
 from contract import imaging
 from contract.names import VISION as VISION_NAME
 from contract.vision import Prediction, VisionInfo
+from lifecycle import DrainMiddleware, die_with_parent, drain_runner
 from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
 
@@ -41,6 +42,8 @@ class ImageClassifier:
     model = bentoml.models.BentoModel(VISION.model)
 
     def __init__(self) -> None:
+        die_with_parent()
+        drain_runner(SETTINGS.drain)
         from runners.classifier import Classifier  # torch loads in this service's process only
         from runners.device import select_device
 
@@ -87,3 +90,6 @@ class ImageClassifier:
             raise InvalidArgument(str(exc)) from None
         BATCH_SIZE.labels(runner=VISION_NAME).observe(1)
         return self.classifier.top_k(self.classifier.probabilities(pixels)[0], top_k)
+
+
+ImageClassifier.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from gateway.adapters.base import Task
 from gateway.api.common import context, read_json_object, router_of
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, openai_error_body
+from lifecycle import DRAIN
 
 OWNED_BY = "serving-bundle"
 
@@ -66,11 +67,14 @@ async def _generate(request: Request, task: Task) -> Response:
 
 
 async def _relay(tap: UsageTap, first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Relay the stream; a failure after the first chunk ends it with an error event."""
+    """Relay the stream; a failure after the first chunk ends it with an error event, and so
+    does the drain deadline of a gateway that is shutting down (lifecycle.py)."""
     if out := tap.feed(first):
         yield out
     try:
         async for chunk in rest:
+            if DRAIN.past_deadline:
+                raise ShuttingDown()
             if out := tap.feed(chunk):
                 yield out
     except GatewayError as err:
@@ -79,6 +83,18 @@ async def _relay(tap: UsageTap, first: bytes, rest: AsyncIterator[bytes]) -> Asy
         return
     if out := tap.flush():
         yield out
+
+
+class ShuttingDown(GatewayError):
+    status = 503
+    type = "service_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is shutting down and its drain deadline has passed; this stream was "
+            "cut. Retry the request.",
+            code="draining",
+        )
 
 
 class UsageTap:

@@ -93,3 +93,34 @@ def test_stop_also_stops_what_the_child_forked(tmp_path: Path) -> None:
     sup.stop()
     runner.join(10)
     assert wait_gone(int(pid_file.read_text()))
+
+
+def start_with_drain_wait(tmp_path: Path, wait_s: float) -> tuple[subprocess.Popen[bytes], int]:
+    pid_file = tmp_path / "child.pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runners.supervisor", "--drain-wait", str(wait_s), "--",
+         sys.executable, "-c", code]
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return proc, int(pid_file.read_text())
+
+
+def test_with_drain_wait_a_first_sigterm_is_a_notice_and_a_second_stops(tmp_path: Path) -> None:
+    proc, child = start_with_drain_wait(tmp_path, 60)
+    proc.send_signal(signal.SIGTERM)  # what circus sends beside the draining worker
+    time.sleep(1.0)
+    assert proc.poll() is None and not wait_gone(child, 0.1)  # the engine serves on
+    proc.send_signal(signal.SIGTERM)  # the drained worker terminates its command
+    assert proc.wait(20) == 0 and wait_gone(child)
+
+
+def test_with_drain_wait_the_engine_stops_after_the_wait_anyway(tmp_path: Path) -> None:
+    proc, child = start_with_drain_wait(tmp_path, 1.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0 and wait_gone(child)
+    assert 1.4 <= time.monotonic() - started < 10
