@@ -1,0 +1,266 @@
+"""Lifecycle of a real bundle under real signals: SIGKILL of each process kind heals without a
+person; SIGTERM drains every request in flight and leaves nothing behind; a drain deadline shorter
+than a stream ends that stream with an error event.
+
+One bundle of its own (it is killed and stopped here), started with `bentoml serve` of the built
+Bento like the routing stack's. Times to recovery are printed (`-s` shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from tests.media import audio_bytes, image_bytes, noise_image, tone
+from tests.servers.bentoml_home import isolated_home
+from tests.servers.bundle import BENTOML, ROOT, start_bundle
+from tests.servers.process import ServerProcess, free_port, http_ok
+from tests.servers.upstream import upstream_process
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+LLM, RESNET, WHISPER = "demo-llm", "demo-resnet", "demo-whisper"
+DRAIN_S = 60.0
+RECOVERY_S = 300.0
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Iterator[ServerProcess]:
+    config = yaml.safe_load((ROOT / "bundle.yaml").read_text())
+    config["llm"]["port"] = free_port()
+    config["drain"] = {"timeout_s": DRAIN_S}
+    directory = Path(tempfile.mkdtemp(prefix="lifecycle-"))
+    (directory / "bundle.yaml").write_text(yaml.safe_dump(config))
+    env = {"BUNDLE_CONFIG": str(directory / "bundle.yaml"),
+           "BENTOML_HOME": str(isolated_home(directory))}  # fmt: skip
+    server = start_bundle(env=env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- the bundle's processes ----------------------------------------------------------------------
+
+
+def descendants(server: ServerProcess) -> list[psutil.Process]:
+    assert server.proc is not None
+    return psutil.Process(server.proc.pid).children(recursive=True)
+
+
+def find(server: ServerProcess, match: Callable[[list[str]], bool]) -> psutil.Process:
+    for proc in descendants(server):
+        try:
+            if match(proc.cmdline()):
+                return proc
+        except psutil.NoSuchProcess:
+            continue
+    raise LookupError("no such process in the bundle")
+
+
+def worker(name: str) -> Callable[[list[str]], bool]:
+    def match(cmdline: list[str]) -> bool:
+        joined = " ".join(cmdline)
+        return "_bentoml_impl.worker.service" in joined and f"--service-name {name} " in joined
+
+    return match
+
+
+def supervisor(cmdline: list[str]) -> bool:
+    return "runners.supervisor" in " ".join(cmdline)
+
+
+def engine(cmdline: list[str]) -> bool:
+    joined = " ".join(cmdline)
+    return "vllm.entrypoints.openai.api_server" in joined and "runners.supervisor" not in joined
+
+
+# -- requests per modality -----------------------------------------------------------------------
+
+IMAGE = image_bytes(noise_image(1))
+AUDIO = audio_bytes(tone(2.0, 440, 16_000), 16_000)
+
+
+def chat(url: str, max_tokens: int = 4, timeout: float = 30) -> httpx.Response:
+    body = {"model": LLM, "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": max_tokens, "ignore_eos": True}  # fmt: skip
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=timeout)
+
+
+def classify(url: str, timeout: float = 30) -> httpx.Response:
+    files = {"file": ("x.png", IMAGE, "image/png")}
+    return httpx.post(
+        f"{url}/v1/images/classifications", data={"model": RESNET}, files=files, timeout=timeout
+    )
+
+
+def transcribe(url: str, timeout: float = 60) -> httpx.Response:
+    files = {"file": ("x.wav", AUDIO, "audio/wav")}
+    return httpx.post(
+        f"{url}/v1/audio/transcriptions", data={"model": WHISPER}, files=files, timeout=timeout
+    )
+
+
+def stream(url: str, max_tokens: int) -> tuple[int, list[str]]:
+    """A streamed chat: (status, the data lines)."""
+    body = {"model": LLM, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "max_tokens": max_tokens, "ignore_eos": True}  # fmt: skip
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+        return r.status_code, lines
+
+
+def answers_every_modality(url: str) -> bool:
+    try:
+        return all(call(url).status_code == 200 for call in (chat, classify, transcribe))
+    except httpx.HTTPError:
+        return False
+
+
+def time_to_recover(url: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < RECOVERY_S:
+        if answers_every_modality(url):
+            return time.monotonic() - started
+        time.sleep(1.0)
+    pytest.fail(f"the bundle did not answer every modality again within {RECOVERY_S:.0f} s")
+
+
+# -- self-healing --------------------------------------------------------------------------------
+
+KILLS: list[tuple[str, Callable[[list[str]], bool]]] = [
+    ("vision worker", worker("vision")),
+    ("speech worker", worker("speech")),
+    ("gateway worker", worker("gateway")),
+    ("vLLM server", engine),
+    ("supervisor", supervisor),
+]
+
+
+@pytest.mark.parametrize(("kind", "match"), KILLS, ids=[k for k, _ in KILLS])
+def test_sigkill_of_each_process_kind_heals_without_a_person(
+    bundle: ServerProcess, kind: str, match: Callable[[list[str]], bool]
+) -> None:
+    assert answers_every_modality(bundle.url)
+    victim = find(bundle, match)
+    forked = victim.children(recursive=True)
+    victim.kill()
+    seconds = time_to_recover(bundle.url)
+    print(f"\nSIGKILL {kind} (pid {victim.pid}): every modality answered again in {seconds:.1f} s")
+    replacement = find(bundle, match)
+    assert replacement.pid != victim.pid
+    _, alive = psutil.wait_procs(forked, timeout=30)
+    assert not alive, f"what the killed {kind} had started outlived it: {alive}"
+
+
+def test_sigkill_of_the_vision_worker_under_load_loses_no_request(bundle: ServerProcess) -> None:
+    """BentoML respawns the worker; the gateway retries calls that could not reach it."""
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(classify, bundle.url, 120) for _ in range(200)]
+        time.sleep(1.0)
+        find(bundle, worker("vision")).kill()
+        statuses = [f.result().status_code for f in futures]
+    assert statuses.count(200) == len(statuses), {s: statuses.count(s) for s in set(statuses)}
+
+
+# -- drain ---------------------------------------------------------------------------------------
+
+
+def test_sigterm_drains_every_request_in_flight_then_exits_clean(bundle: ServerProcess) -> None:
+    """Runs last: it stops the module's bundle."""
+    assert answers_every_modality(bundle.url)
+    processes = [psutil.Process(bundle.proc.pid), *descendants(bundle)]  # type: ignore[union-attr]
+    with ThreadPoolExecutor(16) as pool:
+        streams = [pool.submit(stream, bundle.url, 900) for _ in range(4)]
+        images = [pool.submit(classify, bundle.url, 120) for _ in range(4)]
+        audios = [pool.submit(transcribe, bundle.url, 120) for _ in range(2)]
+        time.sleep(1.5)  # all of them reach the bundle and start
+        assert not any(f.done() for f in streams), "streams must still run when SIGTERM lands"
+        signalled = time.monotonic()
+        bundle.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        time.sleep(0.5)
+        refused = chat(bundle.url, timeout=10)
+        ready = httpx.get(f"{bundle.url}/readyz", timeout=10)
+        results = wait_all([*streams, *images, *audios])
+    code = bundle.proc.wait(DRAIN_S + 10)  # type: ignore[union-attr]
+    took = time.monotonic() - signalled
+    print(f"\nSIGTERM with {len(results)} requests in flight: exit {code} after {took:.1f} s")
+    assert refused.status_code == 503 and "retry-after" in refused.headers
+    assert refused.json()["error"]["code"] == "draining"
+    assert ready.status_code == 503
+    for status, lines in [r for r in results if isinstance(r, tuple)]:
+        assert status == 200 and lines[-1] == "data: [DONE]"
+        chunks = [json.loads(line[6:]) for line in lines[:-1]]
+        assert not any("error" in c for c in chunks), "a stream was cut"
+        text = "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+        )
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length" and text
+    others = [r for r in results if isinstance(r, httpx.Response)]
+    assert [r.status_code for r in others] == [200] * len(others)
+    assert code == 0 and took < DRAIN_S + 10
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    assert not alive, f"processes outlived the bundle: {[p.info for p in alive]}"
+
+
+def wait_all(futures: list[Future[Any]]) -> list[Any]:
+    return [f.result(timeout=DRAIN_S + 30) for f in futures]
+
+
+# -- a drain deadline shorter than a stream ------------------------------------------------------
+
+
+def test_a_stream_longer_than_the_drain_deadline_ends_with_an_error_event() -> None:
+    """The gateway alone (`service:RemoteGateway`) in front of a deterministic upstream whose
+    stream lasts 8 s; the drain deadline is 1 s."""
+    upstream = upstream_process(token_ms=20, tokens=400).start()
+    directory = Path(tempfile.mkdtemp(prefix="short-drain-"))
+    config = {"drain": {"timeout_s": 1.0, "final_grace_s": 2.0},
+              "routing": {"backends": {"up": {"kind": "openai", "url": upstream.url}},
+                          "models": {"fixed-llm": {"backend": "up"}}}}  # fmt: skip
+    (directory / "routes.yaml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    gateway = ServerProcess(
+        "remote-gateway",
+        [*BENTOML, "serve", "service:RemoteGateway", "--port", str(port), "--host", "127.0.0.1"],
+        ready=http_ok(f"{url}/readyz"),
+        url=url,
+        env={
+            "BUNDLE_CONFIG": str(directory / "routes.yaml"),
+            "BENTOML_HOME": str(isolated_home(directory)),
+        },
+        cwd=ROOT,
+        timeout_s=120,
+    ).start()
+    try:
+        body = {"model": "fixed-llm", "messages": [{"role": "user", "content": "hi"}],
+                "stream": True}  # fmt: skip
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = []
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+                if len(lines) == 5:
+                    os.kill(gateway.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
+        code = gateway.proc.wait(20)  # type: ignore[union-attr]
+    finally:
+        gateway.stop()
+        upstream.stop()
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2][6:])["error"]
+    assert error["code"] == "draining" and "drain deadline" in error["message"]
+    assert 5 < len(lines) < 400, "the stream was cut, not finished"
+    assert code == 0

@@ -1,0 +1,146 @@
+"""Drain logic in process: the middleware's answers while draining, the drain's timing, and the
+signal hand-over from uvicorn. The real signals on a real bundle: tests/integration/."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+import lifecycle
+from lifecycle import Drain, DrainMiddleware, install_drain
+
+
+@pytest.fixture(autouse=True)
+def drain(monkeypatch: pytest.MonkeyPatch) -> Drain:
+    fresh = Drain()
+    monkeypatch.setattr(lifecycle, "DRAIN", fresh)
+    return fresh
+
+
+class FakeServer:
+    """What uvicorn.Server offers the drain: its config and should_exit."""
+
+    class Config:
+        timeout_graceful_shutdown: float | None = None
+
+    def __init__(self) -> None:
+        self.config = self.Config()
+        self.should_exit = False
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        raise AssertionError("uvicorn's handler must have been replaced")
+
+
+@pytest.fixture
+def client(drain: Drain) -> Iterator[TestClient]:
+    async def work(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"in flight: {lifecycle.DRAIN.inflight}")
+
+    async def readyz(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ready")
+
+    app = Starlette(routes=[Route("/v1/work", work), Route("/readyz", readyz),
+                            Route("/livez", readyz), Route("/v2/work", work)])  # fmt: skip
+    with TestClient(DrainMiddleware(app)) as c:
+        yield c
+
+
+def test_requests_are_counted_in_flight_and_probes_are_not(client: TestClient) -> None:
+    assert client.get("/v1/work").text == "in flight: 1"
+    assert client.get("/readyz").text == "ready"
+    assert lifecycle.DRAIN.inflight == 0
+
+
+def test_a_draining_gateway_refuses_new_work_in_each_protocols_shape(
+    client: TestClient, drain: Drain
+) -> None:
+    drain.draining, drain.refuse_new, drain.retry_after_s = True, True, 7
+    openai_style = client.get("/v1/work")
+    kserve_style = client.get("/v2/work")
+    assert openai_style.status_code == kserve_style.status_code == 503
+    assert openai_style.headers["retry-after"] == "7"
+    assert openai_style.json()["error"]["code"] == "draining"
+    assert "shutting down" in kserve_style.json()["error"]
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/livez").status_code == 200  # draining is not dead
+
+
+def test_a_draining_runner_still_serves_its_client(client: TestClient, drain: Drain) -> None:
+    drain.draining, drain.refuse_new = True, False
+    assert client.get("/v1/work").status_code == 200
+    assert client.get("/readyz").status_code == 503
+
+
+async def test_an_idle_worker_stops_at_once(drain: Drain) -> None:
+    server = FakeServer()
+    drain.timeout_s, drain.final_grace_s = 30, 2
+    started = time.monotonic()
+    drain.begin(server)
+    await asyncio.wait_for(drain._task, 5)  # type: ignore[arg-type]
+    assert server.should_exit and not drain.past_deadline
+    assert time.monotonic() - started < 1
+    assert server.config.timeout_graceful_shutdown == 2
+
+
+async def test_requests_in_flight_are_waited_for_until_the_deadline(drain: Drain) -> None:
+    server = FakeServer()
+    drain.timeout_s, drain.final_grace_s = 0.3, 0.2
+    drain.started()
+    drain.begin(server)
+    await asyncio.sleep(0.2)
+    assert drain.draining and not drain.past_deadline and not server.should_exit
+    await asyncio.sleep(0.2)
+    assert drain.past_deadline and not server.should_exit  # the final grace for cut streams
+    await asyncio.wait_for(drain._task, 5)  # type: ignore[arg-type]
+    assert server.should_exit
+
+
+async def test_a_request_that_finishes_lets_the_worker_stop_before_the_deadline(
+    drain: Drain,
+) -> None:
+    server = FakeServer()
+    drain.timeout_s = 30
+    drain.started()
+    drain.begin(server)
+    await asyncio.sleep(0.1)
+    drain.finished()
+    await asyncio.wait_for(drain._task, 5)  # type: ignore[arg-type]
+    assert server.should_exit and not drain.past_deadline
+
+
+async def test_a_second_signal_goes_straight_to_the_deadline(drain: Drain) -> None:
+    server = FakeServer()
+    drain.timeout_s, drain.final_grace_s = 30, 0.1
+    drain.started()
+    drain.begin(server)
+    drain.begin(server)
+    assert drain.past_deadline
+    await asyncio.wait_for(drain._task, 5)  # type: ignore[arg-type]
+    assert server.should_exit
+
+
+async def test_sigterm_is_taken_over_from_uvicorn(drain: Drain) -> None:
+    server = FakeServer()
+    previous = signal.signal(signal.SIGTERM, server.handle_exit)
+    previous_int = signal.getsignal(signal.SIGINT)
+    try:
+        install_drain(timeout_s=5, final_grace_s=1, retry_after_s=3, refuse_new=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if server.should_exit:
+                break
+        assert drain.draining and server.should_exit and drain.refuse_new
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
