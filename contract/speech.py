@@ -6,7 +6,7 @@ batches the clips of many requests into one `transcribe` call.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from bentoml.validators import TensorSchema
@@ -20,9 +20,13 @@ class Clip(BaseModel):
     language: str | None = None  # ISO code ("en"); None detects it
     prompt: str | None = None  # earlier text that conditions the transcript (Whisper prompt_ids)
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # 0 decodes greedily
+    task: Literal["transcribe", "translate"] = "transcribe"  # translate: into English
 
-    def options(self) -> tuple[str | None, str | None, float]:
-        return (self.language, self.prompt or None, self.temperature)
+    def options(self) -> Options:
+        return (self.language, self.prompt or None, self.temperature, self.task)
+
+
+Options = tuple[str | None, str | None, float, str]  # what one `generate` call shares
 
 
 class ClipText(BaseModel):

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -51,6 +51,18 @@ REQUESTS = Counter(
     "gateway_requests",
     "Finished API requests by API key name, status class and backend.",
     ["key", "status", "backend"],
+)
+LATENCY = Histogram(
+    "gateway_request_duration_seconds",
+    "Finished API requests: from the first byte in to the last byte out, by backend.",
+    ["backend"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+FIRST_BYTE = Histogram(
+    "gateway_time_to_first_byte_seconds",
+    "From the request to the first body bytes out (a stream's first token), by backend.",
+    ["backend"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 RATE_LIMITED = Counter(
     "gateway_rate_limited", "Requests refused with 429 by the per-key limits.", ["key"]
@@ -159,12 +171,14 @@ class Pipeline:
 def finished(ctx: RequestContext, settings: Settings) -> None:
     """Count the request and write its access-log line."""
     status = ctx.status or 499  # nothing was sent: the client went away first
-    REQUESTS.labels(
-        key=ctx.key_name or "", status=f"{status // 100}xx", backend=ctx.backend or ""
-    ).inc()
+    backend = ctx.backend or ""
+    now = time.perf_counter()
+    REQUESTS.labels(key=ctx.key_name or "", status=f"{status // 100}xx", backend=backend).inc()
+    LATENCY.labels(backend=backend).observe(now - ctx.started)
+    if ctx.first_byte is not None:
+        FIRST_BYTE.labels(backend=backend).observe(ctx.first_byte - ctx.started)
     if not settings.log.access_log:
         return
-    now = time.perf_counter()
     record: dict[str, Any] = {
         "request_id": ctx.request_id,
         "key": ctx.key_name,

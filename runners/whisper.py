@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contract.speech import Clip, ClipText
+from contract.speech import Clip, ClipText, Options
 
 log = logging.getLogger("runners.speech")
 
@@ -68,12 +68,17 @@ class Whisper:
         return results
 
     def _generate(
-        self, audios: list[np.ndarray], language: str | None, prompt: str | None, temperature: float
+        self,
+        audios: list[np.ndarray],
+        language: str | None,
+        prompt: str | None,
+        temperature: float,
+        task: str = "transcribe",
     ) -> list[ClipText]:
         features = self.processor.feature_extractor(
             audios, sampling_rate=self.sampling_rate, return_tensors="pt"
         ).input_features.to(self.device)
-        kwargs = self._generate_kwargs(language, prompt, temperature)
+        kwargs = self._generate_kwargs(language, prompt, temperature, task)
         with torch.inference_mode():
             encoded = self.model.get_encoder()(features)  # once, for both uses below
             no_speech = self._no_speech_probs(encoded, kwargs.get("prompt_ids"))
@@ -121,7 +126,7 @@ class Whisper:
         return total / (~after_eos).sum(dim=1).clamp(min=1)
 
     def _generate_kwargs(
-        self, language: str | None, prompt: str | None, temperature: float
+        self, language: str | None, prompt: str | None, temperature: float, task: str = "transcribe"
     ) -> dict[str, Any]:
         # Whisper reads max_length as tokens after its own start tokens and prompt, capped at
         # max_target_positions (max_new_tokens would log a clash with the saved max_length).
@@ -131,7 +136,9 @@ class Whisper:
 
             kwargs["logits_processor"] = LogitsProcessorList([self._text_only])
         if self._lang_codes:
-            kwargs["task"] = "transcribe"
+            kwargs["task"] = task  # translate: Whisper's own task, into English
+        elif task != "transcribe":
+            raise ValueError("this Whisper model is English-only: it cannot translate")
         if language:
             kwargs["language"] = language
         if prompt:
@@ -176,11 +183,9 @@ class TextOnly:
         return scores
 
 
-def group_by_options(
-    clips: Sequence[Clip],
-) -> dict[tuple[str | None, str | None, float], list[int]]:
+def group_by_options(clips: Sequence[Clip]) -> dict[Options, list[int]]:
     """Item indices by decoding options, in first-seen order."""
-    groups: dict[tuple[str | None, str | None, float], list[int]] = {}
+    groups: dict[Options, list[int]] = {}
     for i, clip in enumerate(clips):
         groups.setdefault(clip.options(), []).append(i)
     return groups

@@ -51,6 +51,7 @@ class Transcript:
     segments: tuple[Segment, ...]
     temperature: float = 0.0
     language_name: str | None = None  # as OpenAI names it ("german")
+    task: str = "transcribe"  # or "translate" (into English)
 
 
 class InferenceAdapter(Protocol):

@@ -166,16 +166,27 @@ class SpeechRunnerAdapter(RunnerAdapter):
         language: str | None = None,
         prompt: str | None = None,
         temperature: float = 0.0,
+        translate: bool = False,
     ) -> Transcript:
         info = await self.info()
         language = _checked_language(language, info.languages)
+        if translate and not info.languages:
+            raise InvalidRequest(
+                f"The model of '{self.name}' is English-only: it cannot translate."
+            )
         rate, window = int(info.sampling_rate), float(info.chunk_seconds)
         samples = await _in_thread(_decode_audio, data, max_seconds, rate)
         starts, clips = [], []
         for start, piece in audio.chunks(samples, seconds=window, sample_rate=rate):
             starts.append(start)
             clips.append(
-                Clip(audio=piece, language=language, prompt=prompt, temperature=temperature)
+                Clip(
+                    audio=piece,
+                    language=language,
+                    prompt=prompt,
+                    temperature=temperature,
+                    task="translate" if translate else "transcribe",
+                )
             )
         texts = await self.call("transcribe", clips=clips)
         if errors := [t.error for t in texts if t.error]:
@@ -200,6 +211,7 @@ class SpeechRunnerAdapter(RunnerAdapter):
                 for i, (start, t) in enumerate(zip(starts, texts, strict=True))
             ),
             temperature=temperature,
+            task="translate" if translate else "transcribe",
         )
 
 

@@ -1,4 +1,4 @@
-"""Speech to text, OpenAI-compatible: POST /v1/audio/transcriptions.
+"""Speech to text, OpenAI-compatible: POST /v1/audio/transcriptions and /v1/audio/translations.
 
     curl -s localhost:3000/v1/audio/transcriptions -F model=demo-whisper -F file=@talk.mp3 \\
          -F response_format=srt
@@ -24,6 +24,7 @@ from gateway.api.media_protocol import (
     TranscriptionResponse,
     TranscriptionSegment,
     TranscriptionVerbose,
+    TranslationParams,
     parse_params,
 )
 from gateway.api.subtitles import to_srt, to_vtt
@@ -33,11 +34,22 @@ FRAMES_PER_SECOND = 100  # Whisper's mel frames; OpenAI's `seek` counts them
 
 
 async def create_transcription(request: Request) -> Response:
+    return await _speech_to_text(request, "transcribe")
+
+
+async def create_translation(request: Request) -> Response:
+    """Whisper's translate task: speech in any language it knows to English text."""
+    return await _speech_to_text(request, "translate")
+
+
+async def _speech_to_text(request: Request, task: str) -> Response:
     settings = request.app.state.settings
     upload = await read_upload(
         request, media="audio", limit=settings.limits.max_request_bytes, allow_raw=False
     )
-    params = parse_params(TranscriptionParams, upload.fields)
+    params = parse_params(
+        TranscriptionParams if task == "transcribe" else TranslationParams, upload.fields
+    )
     router, ctx = router_of(request), context(request)
     route = router.resolve(params.model, ("speech",), ctx)
     result = await router.predict(
@@ -45,10 +57,11 @@ async def create_transcription(request: Request) -> Response:
         "transcribe",
         upload.data,
         ctx,
-        language=params.language,
+        language=getattr(params, "language", None),
         prompt=params.prompt,
         temperature=params.temperature,
         max_seconds=settings.limits.max_audio_seconds,
+        translate=task == "translate",
     )
     return render(result.body, params.response_format)
 
@@ -83,6 +96,7 @@ def verbose(transcript: Transcript) -> TranscriptionVerbose:
         for s in transcript.segments
     ]
     return TranscriptionVerbose(
+        task="translate" if transcript.task == "translate" else "transcribe",
         language=transcript.language_name or transcript.language or "unknown",
         duration=transcript.duration,
         text=transcript.text,
@@ -96,4 +110,7 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-routes = [Route("/v1/audio/transcriptions", create_transcription, methods=["POST"])]
+routes = [
+    Route("/v1/audio/transcriptions", create_transcription, methods=["POST"]),
+    Route("/v1/audio/translations", create_translation, methods=["POST"]),
+]

@@ -25,11 +25,16 @@ class ClassificationParams(_Params):
     top_k: Annotated[int, Field(ge=1)] | None = None
 
 
-class TranscriptionParams(_Params):
-    language: str | None = None
+class TranslationParams(_Params):
+    """/v1/audio/translations: into English, so no `language`."""
+
     prompt: str | None = None
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     response_format: Literal["json", "text", "verbose_json", "srt", "vtt"] = "json"
+
+
+class TranscriptionParams(TranslationParams):
+    language: str | None = None
 
 
 class ClassificationResponse(BaseModel):
@@ -55,7 +60,7 @@ class TranscriptionSegment(BaseModel):
 
 
 class TranscriptionVerbose(BaseModel):
-    task: Literal["transcribe"] = "transcribe"
+    task: Literal["transcribe", "translate"] = "transcribe"
     language: str  # the language's English name, lower case, as OpenAI answers ("german")
     duration: float
     text: str

@@ -13,25 +13,47 @@ from gateway.adapters.base import Task
 from gateway.api.common import context, read_json_object, router_of
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, openai_error_body
+from gateway.registry import Kind, Split
+from gateway.registry import Route as ModelRoute
+from gateway.router import Router
 from lifecycle import DRAIN
 
 OWNED_BY = "serving-bundle"
 
 
 async def list_models(request: Request) -> Response:
-    created = int(request.app.state.started_at)
+    key = context(request).key
     data = [
-        {
-            "id": r.name,
-            "object": "model",
-            "created": created,
-            "owned_by": OWNED_BY,
-            "kind": r.kind,
-            "backend": r.backend,
-        }
-        for r in router_of(request).registry
+        _model(request, entry)
+        for entry in router_of(request).registry
+        if key is None or key.allows(entry.name)
     ]
     return JSONResponse({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """GET /v1/models/{id}: one model (an alias answers under its own name), or 404 / 403."""
+    name = request.path_params["model"]
+    router, ctx = router_of(request), context(request)
+    kinds: tuple[Kind, ...] = ("llm", "image", "speech", "tensor")
+    router.resolve(name, kinds, ctx)  # 404 listing the models, or 403 for the key
+    entry = next(e for e in router.registry if e.name == name or name in _aliases(router, e.name))
+    return JSONResponse({**_model(request, entry), "id": name})
+
+
+def _aliases(router: Router, name: str) -> list[str]:
+    return router.registry.aliases_of(name)
+
+
+def _model(request: Request, entry: ModelRoute | Split) -> dict[str, object]:
+    return {
+        "id": entry.name,
+        "object": "model",
+        "created": int(request.app.state.started_at),
+        "owned_by": OWNED_BY,
+        "kind": entry.kind,
+        "backend": entry.backend,
+    }
 
 
 async def chat_completions(request: Request) -> Response:
@@ -142,6 +164,7 @@ class UsageTap:
 
 routes = [
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
 ]

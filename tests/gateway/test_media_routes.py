@@ -240,3 +240,16 @@ def test_transcription_needs_multipart(client: TestClient) -> None:
 def test_unknown_speech_model_is_404(client: TestClient) -> None:
     r = client.post(TRANSCRIBE, files={"file": ("a.wav", WAV)}, data={"model": "resnet"})
     assert "whisper" in error_of(r, 404)["message"]
+
+
+def test_openai_client_translation_runs_the_translate_task(
+    oai: openai.OpenAI, speech_runner: FakeSpeechRunner
+) -> None:
+    result = oai.audio.translations.create(
+        model="whisper", file=("a.wav", WAV), response_format="verbose_json"
+    )
+    (sent,) = speech_runner.sent("transcribe")
+    assert {clip.task for clip in sent["clips"]} == {"translate"}
+    assert result.model_extra is not None and result.model_extra["task"] == "translate"
+    text = oai.audio.translations.create(model="whisper", file=("a.wav", WAV))
+    assert text.text == result.text

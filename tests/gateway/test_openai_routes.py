@@ -125,3 +125,11 @@ def test_stream_failing_midway_ends_with_an_error_event(
 def test_unknown_path_is_404_in_openai_shape(client: TestClient) -> None:
     r = client.get("/v1/nothing-here")
     assert r.status_code == 404 and "/v1/nothing-here" in error_of(r)["message"]
+
+
+def test_one_model_is_retrieved_by_id_and_an_unknown_one_is_404(client: TestClient) -> None:
+    r = client.get("/v1/models/tiny-llm")
+    assert r.status_code == 200
+    assert (r.json()["id"], r.json()["object"], r.json()["kind"]) == ("tiny-llm", "model", "llm")
+    missing = client.get("/v1/models/nope")
+    assert missing.status_code == 404 and "tiny-llm" in error_of(missing)["message"]

@@ -34,10 +34,12 @@ def test_group_by_options_keeps_first_seen_order() -> None:
         Clip(audio=CLIPS[1], language="de"),
         Clip(audio=CLIPS[2]),
         Clip(audio=CLIPS[0], prompt="", temperature=0.0),  # an empty prompt is no prompt
+        Clip(audio=CLIPS[1], task="translate"),
     ]
     assert list(group_by_options(clips).items()) == [
-        ((None, None, 0.0), [0, 2, 3]),
-        (("de", None, 0.0), [1]),
+        ((None, None, 0.0, "transcribe"), [0, 2, 3]),
+        (("de", None, 0.0, "transcribe"), [1]),
+        ((None, None, 0.0, "translate"), [4]),
     ]
 
 
@@ -109,3 +111,13 @@ def test_sampling_with_temperature_runs(whisper: Whisper) -> None:
 def test_info_lists_language_codes(whisper: Whisper) -> None:
     assert {"en", "de", "fr"} <= set(whisper.languages)
     assert whisper.sampling_rate == 16_000
+
+
+def test_translate_runs_whispers_translate_task(whisper: Whisper) -> None:
+    transcribed, translated = whisper.transcribe(
+        [Clip(audio=CLIPS[1], language="de"), Clip(audio=CLIPS[1], language="de", task="translate")]
+    )
+    assert transcribed.error is None and translated.error is None
+    assert translated.tokens != transcribed.tokens  # the task token changes what is decoded
+    alone = whisper.transcribe([Clip(audio=CLIPS[1], language="de", task="translate")])[0]
+    assert alone.tokens == translated.tokens  # batching did not mix the two tasks up
