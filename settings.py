@@ -44,6 +44,10 @@ class LLMSettings(_Section):
     kv_cache_space_gib: int = Field(1, ge=1)  # CPU only: VLLM_CPU_KVCACHE_SPACE
     max_num_seqs: int = Field(64, ge=1)
     enable_prefix_caching: bool = True
+    # vLLM's parser for the model's tool-call format (hermes for Qwen2.5/Hermes and the demo,
+    # llama3_json for Llama 3.x, mistral, ...): with one, tool_choice "auto" works
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None  # e.g. deepseek_r1, qwen3
     extra_args: list[str] = []
     startup_timeout_s: float = Field(600, gt=0)
     shutdown_timeout_s: int = Field(10, ge=0)  # vLLM --shutdown-timeout: its own drain, last

@@ -52,8 +52,9 @@ class RequestContext:
 
     def count_usage(self, usage: Any) -> None:
         """Take token counts from an OpenAI `usage` object (a dict), if it is one."""
-        if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(usage, dict):  # Chat/Completions names, or the Responses API's
+            prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+            completion = usage.get("completion_tokens", usage.get("output_tokens"))
             self.prompt_tokens = prompt if isinstance(prompt, int) else self.prompt_tokens
             self.completion_tokens = (
                 completion if isinstance(completion, int) else self.completion_tokens

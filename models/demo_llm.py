@@ -19,14 +19,48 @@ if TYPE_CHECKING:
 PAD, BOS, IM_START, IM_END = "<|endoftext|>", "<|begin_of_text|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD, BOS, IM_START, IM_END)  # ids 0..3
 
-# ChatML turns; the system/user/assistant roles are checked so mistakes fail loudly.
+TOOL_CALL, TOOL_CALL_END = "<tool_call>", "</tool_call>"  # Hermes-style, as vLLM's parser reads
+
+# ChatML turns with Hermes-style tools (the format of Qwen2.5 and NousResearch's Hermes models,
+# which vLLM's `hermes` tool parser reads): the tools' JSON schemas in the system turn, a call as
+# <tool_call>{"name": ..., "arguments": {...}}</tool_call>, a result as a <tool_response> user turn.
+# Roles are checked so mistakes fail loudly.
 CHAT_TEMPLATE = (
     "{{- bos_token -}}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{{- (messages[0]['content'] or '') | trim + '\\n\\n' -}}"
+    "{%- endif -%}"
+    "{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": "
+    "<function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
+    "{%- if message['role'] == 'system' and tools and loop.first -%}"
+    "{%- elif message['role'] in ['system', 'user'] or "
+    "(message['role'] == 'assistant' and not message.get('tool_calls')) -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') | trim"
+    " + '<|im_end|>\\n' -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant' -}}"
+    "{%- if message['content'] -%}{{- '\\n' + message['content'] | trim -}}{%- endif -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set fn = call['function'] if call['function'] is defined else call -%}"
+    "{%- set args = fn['arguments'] if fn['arguments'] is string else fn['arguments'] | tojson -%}"
+    "{{- '\\n<tool_call>\\n{\"name\": \"' + fn['name'] + '\", \"arguments\": ' + args"
+    " + '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{{- '<|im_start|>user\\n<tool_response>\\n' + (message['content'] or '') | trim"
+    " + '\\n</tool_response><|im_end|>\\n' -}}"
+    "{%- else -%}"
     "{{- raise_exception('Unsupported role: ' + message['role']) -}}"
     "{%- endif -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim + '<|im_end|>\\n' -}}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
@@ -36,6 +70,7 @@ SPEC: dict[str, Any] = {
     "corpus": corpus_sha(),
     "chat_template": CHAT_TEMPLATE,
     "special_tokens": list(SPECIAL_TOKENS),
+    "added_tokens": [TOOL_CALL, TOOL_CALL_END],
     "vocab_size": 2048,
     "hidden_size": 256,
     "num_attention_heads": 4,
@@ -67,6 +102,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         model_max_length=SPEC["max_position_embeddings"],
         clean_up_tokenization_spaces=False,
     )
+    # Whole tokens, and not special ones: decoding skips special tokens, and vLLM's tool parser
+    # reads these from the decoded text.
+    tokenizer.add_tokens([TOOL_CALL, TOOL_CALL_END])
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 

@@ -47,6 +47,10 @@ def engine_command(settings: LLMSettings, model_path: str, served_name: str) -> 
         if settings.enable_prefix_caching
         else "--no-enable-prefix-caching"
     )
+    if settings.tool_call_parser:
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", settings.tool_call_parser]
+    if settings.reasoning_parser:
+        cmd += ["--reasoning-parser", settings.reasoning_parser]
     cmd += ["--shutdown-timeout", str(settings.shutdown_timeout_s)]
     cmd += ["--disable-uvicorn-access-log", *settings.extra_args]
     return cmd

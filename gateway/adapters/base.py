@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Task = Literal["chat", "completion", "classify", "transcribe", "infer"]
+Task = Literal["chat", "completion", "responses", "classify", "transcribe", "infer"]
 
 
 @dataclass(frozen=True)

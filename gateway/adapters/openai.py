@@ -22,7 +22,11 @@ from gateway.errors import (
     InvalidRequest,
 )
 
-PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+PATHS = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "responses": "/v1/responses",
+}
 
 
 def make_client(url: str, *, timeout_s: float, max_connections: int = 512) -> httpx.AsyncClient:

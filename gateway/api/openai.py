@@ -64,6 +64,11 @@ async def completions(request: Request) -> Response:
     return await _generate(request, "completion")
 
 
+async def responses(request: Request) -> Response:
+    """POST /v1/responses: OpenAI's Responses API, relayed to the engine's (vLLM serves it)."""
+    return await _generate(request, "responses")
+
+
 async def _generate(request: Request, task: Task) -> Response:
     router, ctx = router_of(request), context(request)
     body = await read_json_object(
@@ -76,9 +81,12 @@ async def _generate(request: Request, task: Task) -> Response:
             ctx.count_usage(result.body.get("usage"))
         return JSONResponse(result.body, status_code=result.status)
     # Tokens are counted from the engine's own usage, so the stream always asks for it; a
-    # client that did not ask does not get the extra chunk.
+    # client that did not ask does not get the extra chunk. (A Responses stream always ends with
+    # its usage, in response.completed.)
     options = body.get("stream_options")
-    wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    wants_usage = task == "responses" or (
+        isinstance(options, dict) and bool(options.get("include_usage"))
+    )
     if not wants_usage:
         body["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                   "include_usage": True}  # fmt: skip
@@ -150,13 +158,15 @@ class UsageTap:
 
     def _event(self, event: bytes) -> bytes:
         whole = event + b"\n\n"
-        if not event.startswith(b"data: {") or b'"usage"' not in event or b'"usage":null' in event:
+        at = event.find(b"data: {")  # Responses API events have an `event:` line first
+        if at < 0 or b'"usage"' not in event or b'"usage":null' in event:
             return whole
         try:
-            chunk = json.loads(event[len(b"data: ") :])
+            chunk = json.loads(event[at + len(b"data: ") :])
         except ValueError:
             return whole
-        self.ctx.count_usage(chunk.get("usage"))
+        response = chunk.get("response")  # response.completed carries the whole response
+        self.ctx.count_usage(chunk.get("usage") or (response or {}).get("usage"))
         if self.strip and chunk.get("choices") == []:
             return b""
         return whole
@@ -167,4 +177,5 @@ routes = [
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/responses", responses, methods=["POST"]),
 ]

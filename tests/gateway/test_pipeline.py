@@ -302,3 +302,26 @@ def test_bad_encodings_are_4xx(
         headers={"Content-Encoding": encoding, "Content-Type": "application/json"},
     )
     assert r.status_code == status and says in r.json()["error"]["message"]
+
+
+RESPONSES_STREAM = [
+    b'event: response.created\ndata: {"type":"response.created","response":{"id":"r"}}\n\n',
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"delta":"hi"}\n\n',
+    b'event: response.completed\ndata: {"type":"response.completed","response":{"id":"r",'
+    b'"usage":{"input_tokens":4,"output_tokens":6,"total_tokens":10}}}\n\n',
+]
+
+
+def test_a_responses_stream_is_relayed_as_is_and_its_usage_counted(
+    open_client: TestClient, llm: FakeAdapter, caplog: pytest.LogCaptureFixture
+) -> None:
+    llm.enqueue(list(RESPONSES_STREAM))
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        r = open_client.post(
+            "/v1/responses", json={"model": "tiny-llm", "input": "hi", "stream": True}
+        )
+    assert r.content == b"".join(RESPONSES_STREAM)
+    assert llm.requests[0].task == "responses" and "stream_options" not in llm.requests[0].payload
+    (line,) = [json.loads(rec.getMessage()) for rec in caplog.records]
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (4, 6)

@@ -264,6 +264,104 @@ def test_client_disconnect_aborts_the_generation_upstream(bundle_url: str) -> No
     assert generated < max_tokens / 2, f"{generated} tokens: the engine kept generating"
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.mark.parametrize(
+    "tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+def test_a_forced_tool_choice_returns_a_valid_call_even_from_random_weights(
+    client: openai.OpenAI, tool_choice: object
+) -> None:
+    """vLLM constrains the output to the Hermes call format the demo's template teaches, and
+    its `hermes` parser (bundle.yaml: llm.tool_call_parser) reads the call back."""
+    r = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice=tool_choice,  # type: ignore[arg-type]
+        max_tokens=64, temperature=0,
+    )  # fmt: skip
+    calls = r.choices[0].message.tool_calls
+    assert calls and [c.function.name for c in calls] == ["get_weather"] * len(calls)  # type: ignore[union-attr]
+    for call in calls:
+        json.loads(call.function.arguments)  # type: ignore[union-attr]  # valid JSON
+        assert call.id and call.type == "function"
+
+
+def test_a_tool_call_streams_as_openai_deltas(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=64,
+        temperature=0, stream=True,
+    )  # fmt: skip
+    deltas = [
+        c.choices[0].delta.tool_calls for c in stream if c.choices and c.choices[0].delta.tool_calls
+    ]
+    assert deltas[0][0].function.name == "get_weather" and deltas[0][0].id  # type: ignore[union-attr]
+    arguments = "".join(d[0].function.arguments or "" for d in deltas)  # type: ignore[union-attr]
+    json.loads(arguments)
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", "none"])
+def test_auto_and_none_parse_whatever_the_model_says_without_failing(
+    client: openai.OpenAI, tool_choice: str
+) -> None:
+    r = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice=tool_choice,  # type: ignore[arg-type]
+        max_tokens=16,
+    )  # fmt: skip
+    choice = r.choices[0]
+    assert choice.finish_reason in ("stop", "length", "tool_calls")
+    if tool_choice == "none":
+        assert not choice.message.tool_calls
+
+
+def test_a_tool_result_goes_back_to_the_model(client: openai.OpenAI) -> None:
+    """The template renders the assistant's call and the tool's answer (role tool)."""
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
+    messages = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}]  # fmt: skip
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        tools=[WEATHER],
+        max_tokens=8,  # type: ignore[arg-type]
+    )
+    assert r.usage is not None and r.usage.prompt_tokens > 60  # the tools, the call and the result
+
+
+def test_responses_api_plain_and_streamed(client: openai.OpenAI) -> None:
+    r = client.responses.create(model=MODEL, input="Say hello", max_output_tokens=16)
+    assert r.status in ("completed", "incomplete") and r.model == MODEL
+    assert r.usage is not None and r.usage.output_tokens >= 1
+    events = list(
+        client.responses.create(model=MODEL, input="Say hello", max_output_tokens=16, stream=True)
+    )
+    types = [e.type for e in events]
+    assert types[0] == "response.created" and types[-1] in (
+        "response.completed",
+        "response.incomplete",
+    )
+    assert "response.output_text.delta" in types
+
+
+def test_one_model_is_retrieved_by_id(client: openai.OpenAI) -> None:
+    model = client.models.retrieve(MODEL)
+    assert model.id == MODEL and (model.model_extra or {})["kind"] == "llm"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
 def engine_process(port: int) -> psutil.Process:
     """The bundled vLLM server on `port`: the child of the LLM runner's supervisor."""
     for proc in psutil.process_iter(["cmdline"]):
