@@ -12,12 +12,23 @@ Each runner is its own BentoML service, so on BentoCloud or Kubernetes each scal
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
 
 import bentoml
+from bentoml.exceptions import BentoMLException
+from bentoml.validators import ContentType
 
+from contract.vision import Prediction
+from gateway import calls
+from gateway.api.audio import verbose
 from gateway.app import create_app, install, shutdown
 from gateway.build import build_router
 from gateway.bundle import bundled_router, dependency_url
+from gateway.context import RequestContext, context_of
+from gateway.errors import GatewayError
+from gateway.pipeline import Pipeline
 from lifecycle import DrainMiddleware, die_with_parent, drain_entry
 from runners.llm import LLM
 from runners.speech import Transcriber
@@ -30,6 +41,8 @@ from settings import get_settings
 os.environ.setdefault("BENTOML_NO_UDS", "1")
 
 app = create_app()
+LLM_MODEL, IMAGE_MODEL, SPEECH_MODEL = get_settings().bundled_models()
+TYPED_APIS = ("/chat", "/chat_stream", "/complete", "/complete_stream", "/classify", "/transcribe")
 
 
 @bentoml.asgi_app(app, path="/")
@@ -59,8 +72,156 @@ class Gateway:
     async def close(self) -> None:
         await shutdown(app)
 
+    # Typed BentoML APIs, for bentoml.SyncHTTPClient / AsyncHTTPClient and /docs. They run the
+    # same calls as the HTTP routes (gateway/calls.py), behind the same pipeline (keys, limits,
+    # request ids, access log): `Gateway.add_asgi_middleware(Pipeline, paths=TYPED_APIS)` below.
+
+    @bentoml.api
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        model: str = LLM_MODEL,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        options: dict[str, Any] | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]  # BentoML passes it
+    ) -> dict[str, Any]:
+        """A chat completion, as OpenAI's `POST /v1/chat/completions` answers it. `options`
+        takes any other parameter the engine accepts (`seed`, `stop`, `tools`, ...)."""
+        body = _openai_body(model, max_tokens, temperature, options, messages=messages)
+        result = await _call(calls.generate(app.state.router, _ctx(ctx), body, "chat"))
+        return dict(result.body)
+
+    @bentoml.api
+    async def chat_stream(
+        self,
+        messages: list[dict[str, Any]],
+        model: str = LLM_MODEL,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        options: dict[str, Any] | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> AsyncGenerator[str, None]:
+        """The chat completion's text, piece by piece as the engine writes it."""
+        body = _openai_body(model, max_tokens, temperature, options, messages=messages)
+        async for text in _stream(calls.text_deltas(app.state.router, _ctx(ctx), body, "chat")):
+            yield text
+
+    @bentoml.api
+    async def complete(
+        self,
+        prompt: str,
+        model: str = LLM_MODEL,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        options: dict[str, Any] | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        """A text completion, as OpenAI's `POST /v1/completions` answers it."""
+        body = _openai_body(model, max_tokens, temperature, options, prompt=prompt)
+        result = await _call(calls.generate(app.state.router, _ctx(ctx), body, "completion"))
+        return dict(result.body)
+
+    @bentoml.api
+    async def complete_stream(
+        self,
+        prompt: str,
+        model: str = LLM_MODEL,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        options: dict[str, Any] | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> AsyncGenerator[str, None]:
+        body = _openai_body(model, max_tokens, temperature, options, prompt=prompt)
+        router = app.state.router
+        async for text in _stream(calls.text_deltas(router, _ctx(ctx), body, "completion")):
+            yield text
+
+    @bentoml.api
+    async def classify(
+        self,
+        image: Annotated[Path, ContentType("image/*")],
+        model: str = IMAGE_MODEL,
+        top_k: int | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> list[Prediction]:
+        """The top-k classes of one image file, highest score first."""
+        _, predictions = await _call(
+            calls.classify(
+                app.state.router, app.state.settings, _ctx(ctx), image.read_bytes(),
+                model=model, top_k=top_k,
+            )
+        )  # fmt: skip
+        return predictions
+
+    @bentoml.api
+    async def transcribe(
+        self,
+        audio: Annotated[Path, ContentType("audio/*")],
+        model: str = SPEECH_MODEL,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
+        translate: bool = False,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        """Text of an audio file, as OpenAI's verbose_json (segments, language, duration)."""
+        transcript = await _call(
+            calls.speech_to_text(
+                app.state.router, app.state.settings, _ctx(ctx), audio.read_bytes(),
+                model=model, language=language, prompt=prompt, temperature=temperature,
+                translate=translate,
+            )
+        )  # fmt: skip
+        return verbose(transcript).model_dump()
+
+
+def _ctx(ctx: bentoml.Context) -> RequestContext:
+    """The pipeline's context of the typed API call (the pipeline runs in front of them)."""
+    return context_of(ctx.request)
+
+
+def _openai_body(
+    model: str,
+    max_tokens: int | None,
+    temperature: float | None,
+    options: dict[str, Any] | None,
+    **fields: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {**(options or {}), **fields, "model": model}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if temperature is not None:
+        body["temperature"] = temperature
+    return body
+
+
+async def _call(call: Any) -> Any:
+    """A gateway error becomes BentoML's, with the same status and message."""
+    try:
+        return await call
+    except GatewayError as err:
+        raise _bentoml_error(err) from None
+
+
+async def _stream(chunks: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except GatewayError as err:
+        raise _bentoml_error(err) from None
+
+
+def _bentoml_error(err: GatewayError) -> BentoMLException:
+    from http import HTTPStatus
+
+    return BentoMLException(err.message, error_code=HTTPStatus(err.status))
+
 
 Gateway.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]
+Gateway.add_asgi_middleware(  # type: ignore[attr-defined]
+    Pipeline, paths=TYPED_APIS, parts=lambda: getattr(app.state, "pipeline", None)
+)
 
 
 @bentoml.asgi_app(app, path="/")

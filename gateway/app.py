@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import audio, kserve, openai, status, vision
+from gateway.api import audio, kserve, openai, openapi, status, vision
 from gateway.errors import GatewayError, InvalidRequest, render
 from gateway.pipeline import Pipeline, PipelineParts, configure_access_log
 from gateway.router import Router
@@ -40,7 +40,14 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 def create_app() -> Starlette:
     """The routes behind the pipeline; `install` gives them their router and settings."""
     return Starlette(
-        routes=[*openai.routes, *vision.routes, *audio.routes, *kserve.routes, *status.routes],
+        routes=[
+            *openai.routes,
+            *vision.routes,
+            *audio.routes,
+            *kserve.routes,
+            *status.routes,
+            *openapi.routes,
+        ],
         middleware=[Middleware(Pipeline)],
         exception_handlers={
             GatewayError: _on_gateway_error,

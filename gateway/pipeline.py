@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,18 +93,34 @@ def is_api(path: str) -> bool:
 
 
 class Pipeline:
-    def __init__(self, app: ASGIApp) -> None:
+    """In the gateway's app for /v1 and /v2 (its parts on `app.state.pipeline`); and, with
+    `paths` and `parts`, in front of the Gateway service's typed BentoML APIs (service.py)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        paths: tuple[str, ...] = (),
+        parts: Callable[[], PipelineParts | None] | None = None,
+    ) -> None:
         self.app = app
+        self.paths = paths
+        self.parts = parts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        parts: PipelineParts | None = getattr(scope["app"].state, "pipeline", None)
         path: str = scope["path"]
-        if parts is None or not (
-            is_api(path) or (path in OPS_PATHS and parts.settings.auth.protect_ops)
-        ):
+        if self.parts is not None:
+            parts = self.parts()
+            wanted = path in self.paths
+        else:
+            parts = getattr(scope["app"].state, "pipeline", None)
+            wanted = is_api(path) or (
+                parts is not None and path in OPS_PATHS and parts.settings.auth.protect_ops
+            )
+        if parts is None or not wanted:
             await self.app(scope, receive, send)
             return
         await self._serve(parts, scope, receive, send)

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from gateway import calls
 from gateway.adapters.base import Transcript
 from gateway.api.common import context, router_of
 from gateway.api.media_protocol import (
@@ -50,20 +51,18 @@ async def _speech_to_text(request: Request, task: str) -> Response:
     params = parse_params(
         TranscriptionParams if task == "transcribe" else TranslationParams, upload.fields
     )
-    router, ctx = router_of(request), context(request)
-    route = router.resolve(params.model, ("speech",), ctx)
-    result = await router.predict(
-        route,
-        "transcribe",
+    transcript = await calls.speech_to_text(
+        router_of(request),
+        settings,
+        context(request),
         upload.data,
-        ctx,
+        model=params.model,
         language=getattr(params, "language", None),
         prompt=params.prompt,
         temperature=params.temperature,
-        max_seconds=settings.limits.max_audio_seconds,
         translate=task == "translate",
     )
-    return render(result.body, params.response_format)
+    return render(transcript, params.response_format)
 
 
 def render(transcript: Transcript, response_format: str) -> Response:

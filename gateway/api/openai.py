@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway import calls
 from gateway.adapters.base import Task
 from gateway.api.common import context, read_json_object, router_of
 from gateway.context import RequestContext
@@ -74,12 +75,10 @@ async def _generate(request: Request, task: Task) -> Response:
     body = await read_json_object(
         request, limit=request.app.state.settings.limits.max_request_bytes
     )
-    route = router.resolve(body.get("model"), ("llm",), ctx)
     if not body.get("stream"):
-        result = await router.predict(route, task, body, ctx)
-        if isinstance(result.body, dict):
-            ctx.count_usage(result.body.get("usage"))
+        result = await calls.generate(router, ctx, body, task)
         return JSONResponse(result.body, status_code=result.status)
+    route = router.resolve(body.get("model"), ("llm",), ctx)
     # Tokens are counted from the engine's own usage, so the stream always asks for it; a
     # client that did not ask does not get the extra chunk. (A Responses stream always ends with
     # its usage, in response.completed.)

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import calls
 from gateway.api.common import context, router_of
 from gateway.api.media_protocol import (
     ClassificationParams,
@@ -30,19 +31,16 @@ async def create_classification(request: Request) -> Response:
         request, media="image", limit=settings.limits.max_request_bytes, allow_raw=True
     )
     params = parse_params(ClassificationParams, upload.fields)
-    router, ctx = router_of(request), context(request)
-    route = router.resolve(params.model, ("image",), ctx)
-    result = await router.predict(
-        route,
-        "classify",
+    model, predictions = await calls.classify(
+        router_of(request),
+        settings,
+        context(request),
         upload.data,
-        ctx,
+        model=params.model,
         top_k=params.top_k,
-        default_top_k=settings.vision.top_k,
-        max_pixels=settings.limits.max_image_pixels,
     )
-    body = ClassificationResponse(model=route.name, predictions=result.body)
-    return JSONResponse(body.model_dump(), status_code=result.status)
+    body = ClassificationResponse(model=model, predictions=predictions)
+    return JSONResponse(body.model_dump())
 
 
 routes = [Route("/v1/images/classifications", create_classification, methods=["POST"])]

@@ -133,3 +133,16 @@ def test_one_model_is_retrieved_by_id_and_an_unknown_one_is_404(client: TestClie
     assert (r.json()["id"], r.json()["object"], r.json()["kind"]) == ("tiny-llm", "model", "llm")
     missing = client.get("/v1/models/nope")
     assert missing.status_code == 404 and "tiny-llm" in error_of(missing)["message"]
+
+
+def test_the_openapi_document_lists_every_route_with_its_body(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    paths = spec["paths"]
+    assert {"/v1/chat/completions", "/v1/models/{model}", "/v1/images/classifications",
+            "/v1/audio/translations", "/v2/models/{model}/infer", "/status"} <= set(paths)  # fmt: skip
+    upload = paths["/v1/images/classifications"]["post"]["requestBody"]["content"]
+    assert {"model", "file", "top_k"} <= set(upload["multipart/form-data"]["schema"]["properties"])
+    infer = paths["/v2/models/{model}/infer"]["post"]
+    assert "inputs" in infer["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert infer["parameters"][0]["name"] == "model"

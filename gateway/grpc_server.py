@@ -1,0 +1,420 @@
+"""KServe V2 over gRPC (Triton's `inference.GRPCInferenceService`), so `tritonclient.grpc` works
+against the gateway unchanged::
+
+    client = tritonclient.grpc.InferenceServerClient("localhost:8001")
+    x = tritonclient.grpc.InferInput("pixel_values", [1, 3, 224, 224], "FP32")
+    x.set_data_from_numpy(pixels)
+    client.infer("demo-resnet", [x]).as_numpy("probabilities")
+
+It serves the models /v2 serves over HTTP (gateway/api/kserve.py), through the same router, with
+the same request pipeline (gateway/pipeline.py): a request id (metadata `x-request-id`, else the
+infer request's `id`), the API key (metadata `authorization: Bearer <key>` or `api-key`) when keys
+are configured, the key's rate limits, the response cache, the access log. Answers carry
+`x-request-id` (and `x-ratelimit-*`, `x-cache`) as trailing metadata; errors are gRPC statuses
+(`STATUS_CODES`) with the message the HTTP route would give.
+
+ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata and ModelInfer are served; the
+other RPCs (streaming, model config and statistics, repository, shared memory, trace and log
+settings) answer UNIMPLEMENTED. Tensors come as typed contents or `raw_input_contents` (what
+tritonclient sends); outputs go back as `raw_output_contents`, as Triton sends them.
+
+The server runs in the gateway worker's event loop, on `gateway.grpc_port`. Every worker binds the
+same port with SO_REUSEPORT (gRPC's default on Linux, set here explicitly) and the kernel spreads
+connections over them. Messages over `limits.max_request_bytes` are refused by gRPC itself with
+RESOURCE_EXHAUSTED. While the worker drains (lifecycle.py) new calls get UNAVAILABLE and calls in
+flight count towards the drain, like HTTP requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from gateway.api.kserve import KINDS, SERVER
+from gateway.api.kserve_protocol import decode_tensor, to_bytes
+from gateway.context import RequestContext, request_id
+from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest, VersionNotFound
+from gateway.keys import token_from_headers
+from gateway.limiter import NO_LIMITS, Lease
+from gateway.pipeline import IN_FLIGHT, RATE_LIMITED, PipelineParts, finished
+from gateway.registry import Route
+from gateway.router import Router
+from gateway.tensors import Tensor, TensorRequest
+from lifecycle import DRAIN, DRAINING
+from settings import Settings
+
+log = logging.getLogger("gateway.grpc")
+
+SERVICE = "inference.GRPCInferenceService"
+M = TypeVar("M")
+
+# GatewayError statuses as gRPC codes; any other status is INTERNAL.
+STATUS_CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.INVALID_ARGUMENT,  # a body, file or audio too large: the message says
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+# Typed contents (InferTensorContents) by datatype; FP16 travels only as raw bytes.
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+UNIMPLEMENTED_RPCS = (
+    "ModelStreamInfer",
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
+    "TraceSetting",
+    "LogSettings",
+)
+
+
+def grpc_code(status: int) -> grpc.StatusCode:
+    """The gRPC status code for a GatewayError's HTTP status."""
+    return STATUS_CODES.get(int(status), grpc.StatusCode.INTERNAL)
+
+
+class GrpcServer:
+    """The gRPC server of one gateway worker; make it where the serving event loop runs.
+
+    server = GrpcServer(lambda: app.state.router, settings, lambda: app.state.pipeline)
+    await server.start()        # or server.start_soon() from synchronous code in the loop
+    ...
+    await server.stop()         # grace: drain.final_grace_s
+    """
+
+    def __init__(
+        self,
+        router: Callable[[], Router],
+        settings: Settings,
+        pipeline: Callable[[], PipelineParts],
+        *,
+        host: str = "0.0.0.0",
+        port: int | None = None,
+    ) -> None:
+        port = settings.gateway.grpc_port if port is None else port
+        if port is None:
+            raise ValueError("gateway.grpc_port is not set")
+        self.settings = settings
+        self.host = host
+        self.port = port  # the bound port once started (a requested 0 picks a free one)
+        self._servicer = KServeServicer(router, settings, pipeline)
+        self._server: grpc.aio.Server | None = None
+        self._starting: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def bind(self) -> int:
+        """Make the server and bind its port (RuntimeError if it cannot); the port bound."""
+        if self._server is not None:
+            return self.port
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.settings.limits.max_request_bytes),
+                ("grpc.so_reuseport", 1),  # every gateway worker binds the same port
+            ]
+        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
+        self.port = server.add_insecure_port(self.address)
+        self._server = server
+        return self.port
+
+    async def start(self) -> int:
+        """Bind and start serving; the port bound."""
+        port = self.bind()
+        assert self._server is not None
+        await self._server.start()
+        log.info("KServe V2 over gRPC on %s", self.address)
+        return port
+
+    def start_soon(self) -> int:
+        """Bind now (failing at once if the port cannot be bound) and start serving on the
+        running event loop: for a BentoML service's synchronous `__init__`."""
+        port = self.bind()
+        self._starting = asyncio.get_running_loop().create_task(self.start())
+        return port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls; calls in flight get `grace` seconds (drain.final_grace_s)."""
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
+            self._starting = None
+        if self._server is not None:
+            await self._server.stop(self.settings.drain.final_grace_s if grace is None else grace)
+            self._server = None
+
+
+def serve_grpc(app: Any, settings: Settings) -> GrpcServer | None:
+    """Start KServe V2 over gRPC beside `app` (after `install`) when `gateway.grpc_port` is set;
+    None when it is not. Call it in the serving event loop (a BentoML service's `__init__`)."""
+    if settings.gateway.grpc_port is None:
+        return None
+    server = GrpcServer(lambda: app.state.router, settings, lambda: app.state.pipeline)
+    server.start_soon()
+    return server
+
+
+class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(
+        self,
+        router: Callable[[], Router],
+        settings: Settings,
+        pipeline: Callable[[], PipelineParts],
+    ) -> None:
+        self._router = router
+        self._settings = settings
+        self._pipeline = pipeline
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        async def handle(ctx: RequestContext) -> Any:
+            return service_pb2.ServerLiveResponse(live=True)
+
+        return await self._serve("ServerLive", context, handle)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        async def handle(ctx: RequestContext) -> Any:
+            ready = not DRAIN.draining and await self._router().ready()
+            return service_pb2.ServerReadyResponse(ready=ready)
+
+        return await self._serve("ServerReady", context, handle)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        async def handle(ctx: RequestContext) -> Any:
+            return service_pb2.ServerMetadataResponse(
+                name=SERVER["name"], version=SERVER["version"], extensions=SERVER["extensions"]
+            )
+
+        return await self._serve("ServerMetadata", context, handle)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        async def handle(ctx: RequestContext) -> Any:
+            router = self._router()
+            route, version = _resolve(router, request.name, request.version, ctx)
+            ready = await router.model_ready(route, version)
+            return service_pb2.ModelReadyResponse(ready=ready)
+
+        return await self._serve("ModelReady", context, handle)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        async def handle(ctx: RequestContext) -> Any:
+            router = self._router()
+            route, version = _resolve(router, request.name, request.version, ctx)
+            meta = await router.metadata(route, version)
+            spec = service_pb2.ModelMetadataResponse.TensorMetadata
+            return service_pb2.ModelMetadataResponse(
+                name=meta.name,
+                versions=list(meta.versions),
+                platform=meta.platform,
+                inputs=[spec(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
+                outputs=[
+                    spec(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs
+                ],
+            )
+
+        return await self._serve("ModelMetadata", context, handle)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        async def handle(ctx: RequestContext) -> Any:
+            router = self._router()
+            route, version = _resolve(router, request.model_name, request.model_version, ctx)
+            tensors = decode_infer(request, version)
+            result = await router.predict(route, "infer", tensors, ctx)
+            return encode_infer(route.name, version, request.id, result.body)
+
+        return await self._serve("ModelInfer", context, handle, client_id=request.id)
+
+    async def _serve(
+        self,
+        method: str,
+        context: Any,
+        handle: Callable[[RequestContext], Awaitable[M]],
+        *,
+        client_id: str = "",
+    ) -> M:
+        """One call through the request pipeline: context, key, limits, in flight, access log;
+        a GatewayError becomes the call's status, with the trailing metadata either way."""
+        if DRAIN.draining and DRAIN.refuse_new:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                DRAINING,
+                trailing_metadata=(("retry-after", str(DRAIN.retry_after_s)),),
+            )
+        settings = self._settings
+        headers = _metadata(context)
+        ctx = RequestContext(
+            request_id(headers.get(settings.log.request_id_header.lower()) or client_id),
+            "GRPC",
+            f"/{SERVICE}/{method}",
+            caller=headers.get(settings.routing.caller_header.lower()) or None,
+        )
+        lease: Lease = NO_LIMITS
+        response: M | None = None
+        error: GatewayError | None = None
+        IN_FLIGHT.inc()
+        DRAIN.started()
+        try:
+            try:
+                parts = self._pipeline()
+                ctx.key = parts.keys.authenticate(token_from_headers(headers))
+                if ctx.key is not None:
+                    lease = await parts.limiter.admit(ctx.key)
+                response = await handle(ctx)
+                ctx.status, ctx.first_byte = 200, time.perf_counter()
+            except GatewayError as err:
+                if err.status == 429:
+                    RATE_LIMITED.labels(key=ctx.key_name or "").inc()
+                error, ctx.status = err, err.status
+            except Exception as exc:
+                log.exception("unhandled error on %s (request %s)", ctx.path, ctx.request_id)
+                error = GatewayError(f"Internal error: {type(exc).__name__}: {exc}")
+                ctx.status = error.status
+        finally:  # the call was cancelled (deadline, client gone) too: then status 0, 499
+            IN_FLIGHT.dec()
+            DRAIN.finished()
+            try:
+                if ctx.tokens:
+                    await lease.add_tokens(ctx.tokens)
+            finally:
+                await lease.release()
+                finished(ctx, settings)
+        trailing = _trailing(ctx, lease, error)
+        if error is not None:
+            await context.abort(grpc_code(error.status), error.message, trailing_metadata=trailing)
+        context.set_trailing_metadata(trailing)
+        assert response is not None
+        return response
+
+
+def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
+    async def rpc(self: KServeServicer, request: Any, context: Any) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{name} is not served by this gateway."
+        )
+
+    rpc.__name__ = name
+    return rpc
+
+
+for _name in UNIMPLEMENTED_RPCS:
+    setattr(KServeServicer, _name, _unimplemented(_name))
+
+
+def _resolve(
+    router: Router, name: str, version: str, ctx: RequestContext
+) -> tuple[Route, str]:
+    route = router.resolve(name, KINDS, ctx)
+    if version and version not in route.versions:
+        raise VersionNotFound(name, version, list(route.versions))
+    return route, version
+
+
+def decode_infer(request: Any, version: str) -> TensorRequest:
+    """The tensors of a ModelInferRequest: raw_input_contents (one per input, in input order)
+    or each input's typed contents."""
+    if not request.inputs:
+        raise InvalidRequest("Not a KServe V2 inference request: inputs: none given.")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidRequest(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+            "send one per input, in input order."
+        )
+    inputs = []
+    for index, wire in enumerate(request.inputs):
+        if any(k.startswith("shared_memory") for k in wire.parameters):
+            raise InvalidRequest(f"Input '{wire.name}': shared memory is not supported.")
+        if raw:
+            inputs.append(decode_tensor(wire.name, wire.datatype, wire.shape, raw=raw[index]))
+            continue
+        field = CONTENTS.get(wire.datatype)
+        if field is None:  # an unknown datatype gets its error from decode_tensor
+            if wire.datatype == "FP16":
+                raise InvalidRequest(f"Input '{wire.name}': FP16 needs raw_input_contents.")
+            inputs.append(decode_tensor(wire.name, wire.datatype, wire.shape, data=[]))
+            continue
+        values = list(getattr(wire.contents, field))
+        inputs.append(decode_tensor(wire.name, wire.datatype, wire.shape, data=values))
+    return TensorRequest(
+        inputs=tuple(inputs),
+        outputs=tuple(o.name for o in request.outputs),
+        version=version,
+        id=request.id,
+        parameters=parameters_of(request.parameters),
+    )
+
+
+def encode_infer(model: str, version: str, id_: str, outputs: Sequence[Tensor]) -> Any:
+    """A ModelInferResponse with every output in raw_output_contents, in output order."""
+    response = service_pb2.ModelInferResponse(model_name=model, model_version=version, id=id_)
+    for tensor in outputs:
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        response.raw_output_contents.append(to_bytes(tensor))
+    return response
+
+
+def parameters_of(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """InferParameters as plain values (bool, int, str, float)."""
+    values = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            values[key] = getattr(parameter, choice)
+    return values
+
+
+def _metadata(context: Any) -> dict[str, str]:
+    """The call's text metadata by lowercase key (binary `-bin` entries left out)."""
+    headers: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            headers[key.lower()] = value
+    return headers
+
+
+def _trailing(
+    ctx: RequestContext, lease: Lease, error: GatewayError | None
+) -> tuple[tuple[str, str], ...]:
+    entries = {"x-request-id": ctx.request_id}
+    entries.update({k.lower(): v for k, v in lease.headers().items()})
+    if ctx.cache:
+        entries["x-cache"] = ctx.cache
+    if error is not None:
+        entries.update({k.lower(): v for k, v in error.headers.items()})
+        if error.status == 503:
+            entries.setdefault("retry-after", RETRY_AFTER_S)
+    return tuple((k, v) for k, v in entries.items() if v.isascii() and v.isprintable())
