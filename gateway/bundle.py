@@ -10,6 +10,7 @@ from gateway.adapters.base import InferenceAdapter
 from gateway.adapters.openai import OpenAIAdapter, make_client
 from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
+from gateway.adapters.transcript_tensors import TranscriptTensorAdapter
 from gateway.build import build_router
 from gateway.registry import bundled_routes, check_routing
 from gateway.router import Router
@@ -34,7 +35,9 @@ def bundled_router(settings: Settings, *, llm_url: str, vision: Any, speech: Any
             LLM, make_client(llm_url, timeout_s=settings.gateway.timeout_s), health_path="/readyz"
         ),
         VISION: PixelTensorAdapter(VisionRunnerAdapter(VISION, vision)),
-        SPEECH: SpeechRunnerAdapter(SPEECH, speech),
+        SPEECH: TranscriptTensorAdapter(  # /v1/audio as it is, and audio files as /v2 tensors
+            SpeechRunnerAdapter(SPEECH, speech), max_seconds=settings.limits.max_audio_seconds
+        ),
     }
     routes = bundled_routes(*settings.bundled_models())
     return build_router(

@@ -1,5 +1,6 @@
 """KServe V2 routes (Triton's HTTP protocol): tensor models on Triton backends and the bundled
-image runner. Errors come back in KServe's shape, `{"error": "..."}`.
+image and speech runners (gateway/adapters/pixels.py, transcript_tensors.py). Errors come back in
+KServe's shape, `{"error": "..."}`. The same models are served over gRPC (gateway/grpc_server.py).
 
     client = tritonclient.http.InferenceServerClient("localhost:3000")
     client.get_model_metadata("demo-resnet")
@@ -26,7 +27,7 @@ from gateway.registry import Kind
 from gateway.registry import Route as ModelRoute
 
 SERVER = {"name": "serving-bundle", "version": "1", "extensions": ["binary_tensor_data"]}
-KINDS: tuple[Kind, ...] = ("tensor", "image")
+KINDS: tuple[Kind, ...] = ("tensor", "image", "speech")
 
 
 async def server_metadata(request: Request) -> Response:

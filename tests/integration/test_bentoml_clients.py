@@ -74,7 +74,9 @@ def test_chat_and_its_stream(client: bentoml.SyncHTTPClient) -> None:
             messages=messages, max_tokens=8, temperature=0, options={"ignore_eos": True}
         )
     )
-    greedy = client.chat(messages=messages, max_tokens=8, temperature=0, options={"ignore_eos": True})
+    greedy = client.chat(
+        messages=messages, max_tokens=8, temperature=0, options={"ignore_eos": True}
+    )
     assert len(pieces) > 1 and "".join(pieces) == greedy["choices"][0]["message"]["content"]
 
 
@@ -97,6 +99,5 @@ def test_docs_and_the_openapi_documents(bundle_url: str) -> None:
     bentoml_spec = httpx.get(f"{bundle_url}/docs.json", timeout=10).json()
     assert {"/classify", "/chat", "/transcribe"} <= set(bentoml_spec["paths"])
     http_spec = httpx.get(f"{bundle_url}/openapi.json", timeout=10).json()
-    assert {"/v1/chat/completions", "/v1/images/classifications", "/v2/models/{model}/infer"} <= set(
-        http_spec["paths"]
-    )
+    routes = {"/v1/chat/completions", "/v1/images/classifications", "/v2/models/{model}/infer"}
+    assert routes <= set(http_spec["paths"])
