@@ -24,3 +24,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if item.get_closest_marker("integration") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(INTEGRATION_TIMEOUT_S))
+    # Tests that kill or stop the session's bundle run after all the others, in file order.
+    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)

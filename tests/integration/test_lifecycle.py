@@ -2,8 +2,10 @@
 person; SIGTERM drains every request in flight and leaves nothing behind; a drain deadline shorter
 than a stream ends that stream with an error event.
 
-One bundle of its own (it is killed and stopped here), started with `bentoml serve` of the built
-Bento like the routing stack's. Times to recovery are printed (`-s` shows them).
+These run on the session's bundle (the routing stack's) after every other test: they are marked
+`destructive`, which tests/conftest.py orders last, since the drain stops the bundle. (SIGKILL of
+the vLLM server itself is tests/integration/test_llm.py's engine-crash test.) Times to recovery
+are printed (`-s` shows them).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,14 @@ import psutil
 import pytest
 import yaml
 
+from tests.integration.conftest import RoutingStack
 from tests.media import audio_bytes, image_bytes, noise_image, tone
 from tests.servers.bentoml_home import isolated_home
-from tests.servers.bundle import BENTOML, ROOT, start_bundle
+from tests.servers.bundle import BENTOML, ROOT
 from tests.servers.process import ServerProcess, free_port, http_ok
 from tests.servers.upstream import upstream_process
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.destructive, pytest.mark.timeout(600)]
 
 LLM, RESNET, WHISPER = "demo-llm", "demo-resnet", "demo-whisper"
 DRAIN_S = 60.0
@@ -37,19 +40,12 @@ RECOVERY_S = 300.0
 
 
 @pytest.fixture(scope="module")
-def bundle() -> Iterator[ServerProcess]:
-    config = yaml.safe_load((ROOT / "bundle.yaml").read_text())
-    config["llm"]["port"] = free_port()
-    config["drain"] = {"timeout_s": DRAIN_S}
-    directory = Path(tempfile.mkdtemp(prefix="lifecycle-"))
-    (directory / "bundle.yaml").write_text(yaml.safe_dump(config))
-    env = {"BUNDLE_CONFIG": str(directory / "bundle.yaml"),
-           "BENTOML_HOME": str(isolated_home(directory))}  # fmt: skip
-    server = start_bundle(env=env)
-    try:
-        yield server
-    finally:
-        server.stop()
+def bundle(request: pytest.FixtureRequest) -> ServerProcess:
+    if os.environ.get("BUNDLE_URL"):
+        pytest.skip("kills and stops the bundle: only the one this session started")
+    stack: RoutingStack = request.getfixturevalue("routing_stack")
+    assert stack.config.get("drain", {}).get("timeout_s", DRAIN_S) == DRAIN_S
+    return stack.bundle
 
 
 # -- the bundle's processes ----------------------------------------------------------------------
@@ -80,11 +76,6 @@ def worker(name: str) -> Callable[[list[str]], bool]:
 
 def supervisor(cmdline: list[str]) -> bool:
     return "runners.supervisor" in " ".join(cmdline)
-
-
-def engine(cmdline: list[str]) -> bool:
-    joined = " ".join(cmdline)
-    return "vllm.entrypoints.openai.api_server" in joined and "runners.supervisor" not in joined
 
 
 # -- requests per modality -----------------------------------------------------------------------
@@ -144,7 +135,6 @@ KILLS: list[tuple[str, Callable[[list[str]], bool]]] = [
     ("vision worker", worker("vision")),
     ("speech worker", worker("speech")),
     ("gateway worker", worker("gateway")),
-    ("vLLM server", engine),
     ("supervisor", supervisor),
 ]
 
