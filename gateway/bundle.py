@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from contract.names import LLM, SPEECH, VISION
+from contract.names import EMBED, LLM, SPEECH, VISION
 from gateway.adapters.base import InferenceAdapter
 from gateway.adapters.openai import OpenAIAdapter, make_client
 from gateway.adapters.pixels import PixelTensorAdapter
-from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
+from gateway.adapters.runner import EmbedRunnerAdapter, SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.adapters.transcript_tensors import TranscriptTensorAdapter
 from gateway.build import build_router
 from gateway.registry import bundled_routes, check_routing
@@ -27,8 +27,10 @@ def dependency_url(dependency: Any) -> str:
     return str(dependency.url)
 
 
-def bundled_router(settings: Settings, *, llm_url: str, vision: Any, speech: Any) -> Router:
-    """A router over the three bundled runners and the configured remote backends."""
+def bundled_router(
+    settings: Settings, *, llm_url: str, vision: Any, speech: Any, embed: Any
+) -> Router:
+    """A router over the four bundled runners and the configured remote backends."""
     check_routing(settings)  # before any client is made
     adapters: dict[str, InferenceAdapter] = {
         LLM: OpenAIAdapter(
@@ -38,6 +40,7 @@ def bundled_router(settings: Settings, *, llm_url: str, vision: Any, speech: Any
         SPEECH: TranscriptTensorAdapter(  # /v1/audio as it is, and audio files as /v2 tensors
             SpeechRunnerAdapter(SPEECH, speech), max_seconds=settings.limits.max_audio_seconds
         ),
+        EMBED: EmbedRunnerAdapter(EMBED, embed),
     }
     routes = bundled_routes(*settings.bundled_models())
     return build_router(

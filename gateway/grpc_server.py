@@ -11,7 +11,9 @@ the same request pipeline (gateway/pipeline.py): a request id (metadata `x-reque
 infer request's `id`), the API key (metadata `authorization: Bearer <key>` or `api-key`) when keys
 are configured, the key's rate limits, the response cache, the access log. Answers carry
 `x-request-id` (and `x-ratelimit-*`, `x-cache`) as trailing metadata; errors are gRPC statuses
-(`STATUS_CODES`) with the message the HTTP route would give.
+(`STATUS_CODES`) with the message the HTTP route would give. The access log and the request
+metrics count each call like an HTTP request: method `GRPC`, path
+`/inference.GRPCInferenceService/<RPC>`, and the HTTP status of its answer (200, or the error's).
 
 ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata and ModelInfer are served; the
 other RPCs (streaming, model config and statistics, repository, shared memory, trace and log
@@ -132,7 +134,7 @@ class GrpcServer:
         self.port = port  # the bound port once started (a requested 0 picks a free one)
         self._servicer = KServeServicer(router, settings, pipeline)
         self._server: grpc.aio.Server | None = None
-        self._starting: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[int] | None = None
 
     @property
     def address(self) -> str:
@@ -150,7 +152,13 @@ class GrpcServer:
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
-        self.port = server.add_insecure_port(self.address)
+        try:
+            self.port = server.add_insecure_port(self.address)
+        except RuntimeError:
+            raise RuntimeError(
+                f"gateway.grpc_port: cannot bind {self.address} for KServe V2 over gRPC; is "
+                "another program (one without SO_REUSEPORT, such as Triton) listening on it?"
+            ) from None
         self._server = server
         return self.port
 
@@ -167,6 +175,7 @@ class GrpcServer:
         running event loop: for a BentoML service's synchronous `__init__`."""
         port = self.bind()
         self._starting = asyncio.get_running_loop().create_task(self.start())
+        self._starting.add_done_callback(_log_failure)
         return port
 
     async def stop(self, grace: float | None = None) -> None:
@@ -177,6 +186,11 @@ class GrpcServer:
         if self._server is not None:
             await self._server.stop(self.settings.drain.final_grace_s if grace is None else grace)
             self._server = None
+
+
+def _log_failure(task: asyncio.Task[int]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("KServe V2 over gRPC did not start", exc_info=task.exception())
 
 
 def serve_grpc(app: Any, settings: Settings) -> GrpcServer | None:
@@ -322,9 +336,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
     async def rpc(self: KServeServicer, request: Any, context: Any) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{name} is not served by this gateway."
-        )
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not served by this gateway.")
 
     rpc.__name__ = name
     return rpc
@@ -334,9 +346,7 @@ for _name in UNIMPLEMENTED_RPCS:
     setattr(KServeServicer, _name, _unimplemented(_name))
 
 
-def _resolve(
-    router: Router, name: str, version: str, ctx: RequestContext
-) -> tuple[Route, str]:
+def _resolve(router: Router, name: str, version: str, ctx: RequestContext) -> tuple[Route, str]:
     route = router.resolve(name, KINDS, ctx)
     if version and version not in route.versions:
         raise VersionNotFound(name, version, list(route.versions))

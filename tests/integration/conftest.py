@@ -48,6 +48,7 @@ def routing_config(triton: TritonProcess, flaky: TritonProcess, vllm_url: str) -
     """bundle.yaml plus remote backends and models on the given servers."""
     config = yaml.safe_load((ROOT / "bundle.yaml").read_text())
     config["llm"]["port"] = free_port()  # other bundles may run on this machine
+    config.setdefault("gateway", {})["grpc_port"] = free_port()  # KServe V2 over gRPC
     stable = {"kind": "triton", "timeout_s": 10}
     fast_breaker = {"failure_threshold": 3, "window_s": 30, "recovery_s": 3}
     config["routing"] = {
