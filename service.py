@@ -28,8 +28,10 @@ from gateway.build import build_router
 from gateway.bundle import bundled_router, dependency_url
 from gateway.context import RequestContext, context_of
 from gateway.errors import GatewayError
+from gateway.grpc_server import serve_grpc
 from gateway.pipeline import Pipeline
 from lifecycle import DrainMiddleware, die_with_parent, drain_entry
+from runners.embed import Embedder
 from runners.llm import LLM
 from runners.speech import Transcriber
 from runners.vision import ImageClassifier
@@ -41,7 +43,7 @@ from settings import get_settings
 os.environ.setdefault("BENTOML_NO_UDS", "1")
 
 app = create_app()
-LLM_MODEL, IMAGE_MODEL, SPEECH_MODEL = get_settings().bundled_models()
+LLM_MODEL, IMAGE_MODEL, SPEECH_MODEL, *_ = get_settings().bundled_models()
 TYPED_APIS = ("/chat", "/chat_stream", "/complete", "/complete_stream", "/classify", "/transcribe")
 
 
@@ -51,15 +53,23 @@ class Gateway:
     llm = bentoml.depends(LLM)
     vision = bentoml.depends(ImageClassifier)
     speech = bentoml.depends(Transcriber)
+    embed = bentoml.depends(Embedder)
 
     def __init__(self) -> None:
         settings = get_settings()
         die_with_parent()
         drain_entry(settings.drain)
         router = bundled_router(
-            settings, llm_url=dependency_url(type(self).llm), vision=self.vision, speech=self.speech
+            settings,
+            llm_url=dependency_url(type(self).llm),
+            vision=self.vision,
+            speech=self.speech,
+            embed=self.embed,
         )
         install(app, settings=settings, router=router)
+        # KServe V2 over gRPC beside the HTTP routes when gateway.grpc_port is set (None: off);
+        # every worker binds the port (SO_REUSEPORT). gateway/grpc_server.py
+        self.grpc = serve_grpc(app, settings)
 
     async def __is_ready__(self) -> bool:
         """Ready when the bundled runners answer their own health checks (vLLM's /health too).
@@ -70,6 +80,8 @@ class Gateway:
 
     @bentoml.on_shutdown
     async def close(self) -> None:
+        if self.grpc is not None:  # before the router closes; calls in flight: final_grace_s
+            await self.grpc.stop()
         await shutdown(app)
 
     # Typed BentoML APIs, for bentoml.SyncHTTPClient / AsyncHTTPClient and /docs. They run the
@@ -241,6 +253,9 @@ class RemoteGateway:
             cache=settings.cache,
         )
         install(app, settings=settings, router=router)
+        # KServe V2 over gRPC beside the HTTP routes when gateway.grpc_port is set (None: off);
+        # every worker binds the port (SO_REUSEPORT). gateway/grpc_server.py
+        self.grpc = serve_grpc(app, settings)
 
     async def __is_ready__(self) -> bool:
         """Ready when every remote backend marked `required` answers its health check."""
@@ -248,6 +263,8 @@ class RemoteGateway:
 
     @bentoml.on_shutdown
     async def close(self) -> None:
+        if self.grpc is not None:  # before the router closes; calls in flight: final_grace_s
+            await self.grpc.stop()
         await shutdown(app)
 
 

@@ -71,6 +71,17 @@ class SpeechSettings(_Section):
     max_new_tokens: int = Field(128, ge=1, le=440)  # per 30 s chunk; Whisper's limit is 448
 
 
+class EmbedSettings(_Section):
+    model: str = "demo-embed"
+    batching: bool = True
+    max_batch_size: int = Field(32, ge=2)  # inputs (texts), not requests; a request's many
+    # inputs are split across batches
+    max_latency_ms: int = Field(2000, ge=1)
+    # Inputs longer than this (or than the model's own max_length, if less) are refused with a
+    # 400, as OpenAI does; counted in the model's tokens, special tokens included.
+    max_input_tokens: int = Field(512, ge=1)
+
+
 class LimitSettings(_Section):
     max_request_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
@@ -92,12 +103,15 @@ class DrainSettings(_Section):
 class GatewaySettings(_Section):
     timeout_s: float = Field(600, gt=0)  # whole-request limit for non-streaming upstream calls
     workers: int = Field(1, ge=1)
+    # KServe V2 over gRPC (gateway/grpc_server.py) on this port, beside HTTP; None: off. Every
+    # worker binds it (SO_REUSEPORT). Triton's default is 8001.
+    grpc_port: int | None = Field(None, ge=1, le=65535)
 
 
 # --- routing: remote backends and the models they serve -------------------------------------
-# The bundled runners are always there as backends `llm`, `vision` and `speech`, serving their
-# models under their store names (demo-llm, demo-resnet, demo-whisper); this section adds remote
-# backends and models, and may tune the bundled backends (kind: runner)::
+# The bundled runners are always there as backends `llm`, `vision`, `speech` and `embed`, serving
+# their models under their store names (demo-llm, demo-resnet, demo-whisper, demo-embed); this
+# section adds remote backends and models, and may tune the bundled backends (kind: runner)::
 #
 #     routing:
 #       caller_header: X-Caller-Id          # names the caller for sticky A/B splits
@@ -141,7 +155,7 @@ class _Backend(_Section):
 
 
 class RunnerBackend(_Backend):
-    """A runner of this bundle (llm, vision, speech); BentoML wires its address."""
+    """A runner of this bundle (llm, vision, speech, embed); BentoML wires its address."""
 
     kind: Literal["runner"]
     required: bool = True
@@ -270,6 +284,7 @@ class Settings(_Section):
     llm: LLMSettings = LLMSettings()
     vision: VisionSettings = VisionSettings()
     speech: SpeechSettings = SpeechSettings()
+    embed: EmbedSettings = EmbedSettings()
     limits: LimitSettings = LimitSettings()
     gateway: GatewaySettings = GatewaySettings()
     drain: DrainSettings = DrainSettings()
@@ -282,10 +297,15 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    def bundled_models(self) -> tuple[str, str, str]:
-        """The names the bundled LLM, image and speech models are served under."""
+    def bundled_models(self) -> tuple[str, str, str, str]:
+        """The names the bundled LLM, image, speech and embedding models are served under."""
         llm = self.llm.served_name or model_name(self.llm.model)
-        return llm, model_name(self.vision.model), model_name(self.speech.model)
+        return (
+            llm,
+            model_name(self.vision.model),
+            model_name(self.speech.model),
+            model_name(self.embed.model),
+        )
 
 
 class SettingsError(ValueError):

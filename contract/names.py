@@ -10,7 +10,8 @@ from typing import Final
 LLM: Final = "llm"
 VISION: Final = "vision"
 SPEECH: Final = "speech"
-BUNDLED: Final = (LLM, VISION, SPEECH)
+EMBED: Final = "embed"
+BUNDLED: Final = (LLM, VISION, SPEECH, EMBED)
 
 
 def model_name(tag: str) -> str:

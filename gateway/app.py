@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import audio, kserve, openai, openapi, status, vision
+from gateway.api import audio, embeddings, kserve, openai, openapi, status, vision
 from gateway.errors import GatewayError, InvalidRequest, render
 from gateway.pipeline import Pipeline, PipelineParts, configure_access_log
 from gateway.router import Router
@@ -44,6 +44,7 @@ def create_app() -> Starlette:
             *openai.routes,
             *vision.routes,
             *audio.routes,
+            *embeddings.routes,
             *kserve.routes,
             *status.routes,
             *openapi.routes,

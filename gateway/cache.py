@@ -6,11 +6,12 @@
       max_entries: 10000                        # memory: least recently used evicted
       storage: memory://                        # or redis://host:port/db, shared by replicas
 
-A request is cached only when its answer is a function of the request: image classification
-and tensor inference always; transcription and LLM calls at temperature 0 (or, for LLM calls,
-with a fixed `seed`); never streams. The key is the model's public name, the task and a SHA-256
-of the normalized request (JSON with sorted keys; file and tensor bytes as they are). A hit still
-passes authentication and rate limits (the pipeline runs first) and answers `x-cache: hit`.
+A request is cached only when its answer is a function of the request: image classification,
+tensor inference and embeddings always; transcription and LLM calls at temperature 0 (or, for
+LLM calls, with a fixed `seed`); never streams. The key is the model's public name, the task and
+a SHA-256 of the normalized request (JSON with sorted keys; file and tensor bytes as they are). A
+hit still passes authentication and rate limits (the pipeline runs first) and answers
+`x-cache: hit`.
 
 Values are stored in an explicit codec of the response bodies the gateway makes (JSON, tensors as
 base64), never pickled, so a shared Redis cannot make the gateway run code.
@@ -146,7 +147,7 @@ class ResponseCache:
 
 
 def deterministic(task: Task, payload: Any, options: dict[str, Any]) -> bool:
-    if task in ("classify", "infer"):
+    if task in ("classify", "infer", "embed"):
         return True
     if task == "transcribe":
         return not options.get("temperature")

@@ -230,3 +230,4 @@ def configure_access_log() -> None:
         access_log.addHandler(handler)
     access_log.setLevel(logging.INFO)
     access_log.propagate = False
+    access_log.disabled = False  # a later logging.config (BentoML's) must not silence it

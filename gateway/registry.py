@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from contract.names import LLM, SPEECH, VISION
+from contract.names import EMBED, LLM, SPEECH, VISION
 from settings import ModelSettings, RoutingSettings, Settings, SettingsError
 
-Kind = Literal["llm", "image", "speech", "tensor"]
+Kind = Literal["llm", "image", "speech", "tensor", "embedding"]
 
 BACKEND_KINDS: dict[str, Kind] = {"openai": "llm", "triton": "tensor"}
-RUNNER_KINDS: dict[str, Kind] = {LLM: "llm", VISION: "image", SPEECH: "speech"}
+RUNNER_KINDS: dict[str, Kind] = {LLM: "llm", VISION: "image", SPEECH: "speech", EMBED: "embedding"}
 
 
 @dataclass(frozen=True)
@@ -176,12 +176,13 @@ class Registry:
                 )
 
 
-def bundled_routes(llm: str, image: str, speech: str) -> list[Route]:
+def bundled_routes(llm: str, image: str, speech: str, embedding: str) -> list[Route]:
     """The bundle's own runners, each model under its store name."""
     return [
         Route(llm, "llm", LLM, llm),
         Route(image, "image", VISION, image),
         Route(speech, "speech", SPEECH, speech),
+        Route(embedding, "embedding", EMBED, embedding),
     ]
 
 

@@ -13,12 +13,15 @@ DESCRIPTION = """\
 Write models into the BentoML model store (BENTOML_HOME, default ~/bentoml) with metadata the
 runners read through models.store.resolve().
 
-  demo                 tiny random demo-llm, demo-resnet, demo-whisper, made locally (no network);
-                       versions are a hash of their spec, so a rerun skips what exists
+  demo                 tiny random demo-llm, demo-resnet, demo-whisper, demo-embed, made locally
+                       (no network); versions are a hash of their spec, so a rerun skips what
+                       exists
   import llm ID        causal LM from the Hugging Face Hub for vLLM
                        (e.g. Qwen/Qwen2.5-0.5B-Instruct)
   import image ID      image classifier from the Hub (e.g. microsoft/resnet-50)
   import speech ID     Whisper-style speech model from the Hub (e.g. openai/whisper-tiny)
+  import embedding ID  text embedding encoder from the Hub (e.g. BAAI/bge-small-en-v1.5 or a
+                       sentence-transformers model; pooling from its 1_Pooling/config.json)
   import torchvision ARCH
                        torchvision classifier (e.g. resnet50) exported with torch.export;
                        needs torchvision (GPU build) to import, not to serve
@@ -36,6 +39,7 @@ def _add_import_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "llm": "Qwen/Qwen2.5-0.5B-Instruct",
         "image": "microsoft/resnet-50",
         "speech": "openai/whisper-tiny",
+        "embedding": "BAAI/bge-small-en-v1.5",
     }
     for kind, example in examples.items():
         p = kinds.add_parser(kind, help=f"Hugging Face Hub id, e.g. {example}")
@@ -59,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         nargs="+",
         action="extend",
-        choices=["llm", "resnet", "whisper"],
-        help="create only these (default: all three)",
+        choices=["llm", "resnet", "whisper", "embed"],
+        help="create only these (default: all of them)",
     )
     _add_import_parsers(sub)
     export = sub.add_parser("export", help="stored transformers image classifier -> torch-export")
@@ -85,7 +89,12 @@ def _import(args: argparse.Namespace) -> store.StoredModel:
 
     if args.kind == "torchvision":
         return hub.import_torchvision(args.arch, args.name)
-    importer = {"llm": hub.import_llm, "image": hub.import_image, "speech": hub.import_speech}
+    importer = {
+        "llm": hub.import_llm,
+        "image": hub.import_image,
+        "speech": hub.import_speech,
+        "embedding": hub.import_embedding,
+    }
     return importer[args.kind](args.model_id, args.name, args.revision)
 
 

@@ -49,10 +49,15 @@ class Outcome:
 
 
 def registry() -> dict[str, DemoModel]:
-    """The demo models by short key (``llm``, ``resnet``, ``whisper``)."""
-    from models import demo_llm, demo_resnet, demo_whisper
+    """The demo models by short key (``llm``, ``resnet``, ``whisper``, ``embed``)."""
+    from models import demo_embed, demo_llm, demo_resnet, demo_whisper
 
-    return {"llm": demo_llm.DEMO, "resnet": demo_resnet.DEMO, "whisper": demo_whisper.DEMO}
+    return {
+        "llm": demo_llm.DEMO,
+        "resnet": demo_resnet.DEMO,
+        "whisper": demo_whisper.DEMO,
+        "embed": demo_embed.DEMO,
+    }
 
 
 def ensure(demo: DemoModel) -> Outcome:

@@ -3,11 +3,14 @@
 Every model carries metadata with at least::
 
     task:   "text-generation" | "image-classification" | "speech-recognition"
+            | "feature-extraction" (text embeddings)
     source: "demo" | "huggingface:<id>" | "torchvision:<name>"
     format: "transformers" (a save_pretrained directory) | "torch-export" (model.pt2)
 
 plus, per task: ``max_position_embeddings`` (text-generation); ``labels`` and ``preprocessing``
-(image-classification, see ``models.preprocessing``); ``sampling_rate`` (speech-recognition).
+(image-classification, see ``models.preprocessing``); ``sampling_rate`` (speech-recognition);
+``pooling`` ("mean" | "cls" | "max" | "last"), ``normalize``, ``dimensions`` and ``max_length``
+(feature-extraction, see ``models.hub.embedding_metadata``).
 
 bentoml is imported inside the functions so that importing this module stays cheap.
 """
@@ -24,9 +27,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-Task = Literal["text-generation", "image-classification", "speech-recognition"]
+Task = Literal[
+    "text-generation", "image-classification", "speech-recognition", "feature-extraction"
+]
 Format = Literal["transformers", "torch-export"]
-TASKS: tuple[str, ...] = ("text-generation", "image-classification", "speech-recognition")
+TASKS: tuple[str, ...] = (
+    "text-generation",
+    "image-classification",
+    "speech-recognition",
+    "feature-extraction",
+)
 FORMATS: tuple[str, ...] = ("transformers", "torch-export")
 
 #: File name of a ``torch-export`` model inside its model directory.

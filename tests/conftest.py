@@ -11,11 +11,24 @@ real bundle (with real Triton and vLLM backends) once per session.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+
+OUR_LOGGERS = {"gateway", "runners", "lifecycle", "models"}
 
 # Fixtures that start servers or create models: a test using one is an integration test.
 INTEGRATION_FIXTURES = {"demo_store", "bundle_url", "routing_stack"}
 INTEGRATION_TIMEOUT_S = 300  # per test body; server start-ups have their own deadlines
+
+
+@pytest.fixture(autouse=True)
+def _our_loggers_enabled() -> None:
+    """A test that loads BentoML's logging config (dictConfig, disable_existing_loggers) must not
+    silence the loggers later tests read."""
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger) and name.split(".")[0] in OUR_LOGGERS:
+            logger.disabled = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

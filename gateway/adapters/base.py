@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Task = Literal["chat", "completion", "responses", "classify", "transcribe", "infer"]
+Task = Literal["chat", "completion", "responses", "classify", "transcribe", "infer", "embed"]
 
 
 @dataclass(frozen=True)
@@ -14,7 +14,8 @@ class InferRequest:
     """A request as the gateway hands it to a backend.
 
     `payload` is task-specific: the OpenAI JSON body for chat/completion, an `ImageBatch` for
-    classify, an `AudioClip` for transcribe, KServe tensors for infer.
+    classify, an `AudioClip` for transcribe, KServe tensors for infer, the inputs (texts or
+    token-id lists) for embed.
     """
 
     task: Task

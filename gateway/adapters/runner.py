@@ -1,4 +1,4 @@
-"""Adapters for the bundled vision and speech runners, over their BentoML dependency clients.
+"""Adapters for the bundled vision, speech and embedding runners, over their BentoML clients.
 
 Files are decoded, validated and preprocessed here, in a worker thread of the gateway, so that only
 well-formed tensors reach a runner's batch: a corrupt or oversized upload fails its own request
@@ -12,6 +12,8 @@ Tasks and payloads::
                 -> body: float32 ndarray (N, classes) of probabilities
     transcribe  bytes of one audio file     options language, prompt, temperature, max_seconds
                 -> body: Transcript
+    embed       list of texts, or of token-id lists (the model's ids)    options dimensions
+                -> body: OpenAI's embeddings response (float lists), usage from the runner
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 
 from contract import audio, imaging, vision
+from contract.embedding import Embedding, EmbedInfo, EmbedInput
 from contract.speech import Clip
 from contract.vision import Prediction
 from gateway.adapters.base import InferRequest, InferResponse, Segment, Transcript
@@ -213,6 +216,84 @@ class SpeechRunnerAdapter(RunnerAdapter):
             temperature=temperature,
             task="translate" if translate else "transcribe",
         )
+
+
+class EmbedRunnerAdapter(RunnerAdapter):
+    async def predict(self, request: InferRequest) -> InferResponse:
+        if request.task != "embed":
+            raise self._unsupported(request)
+        return InferResponse(await self._embed(request.model, request.payload, **request.options))
+
+    async def _embed(
+        self,
+        model: str,
+        inputs: Sequence[str] | Sequence[Sequence[int]],
+        *,
+        dimensions: int | None = None,
+    ) -> dict[str, Any]:
+        info: EmbedInfo = await self.info()
+        if dimensions is not None and not 1 <= dimensions <= info.dimensions:
+            raise InvalidRequest(
+                f"'dimensions' must be between 1 and {info.dimensions} (the model's), "
+                f"got {dimensions}.",
+                param="dimensions",
+            )
+        items = [
+            EmbedInput(text=x) if isinstance(x, str) else EmbedInput(ids=list(x)) for x in inputs
+        ]
+        for i, item in enumerate(items):  # before the call: the runner would refuse them too
+            if item.ids is not None:
+                _check_ids(i, item.ids, info)
+        results: list[Embedding] = await self.call("embed", inputs=items)
+        for i, result in enumerate(results):
+            if result.code == "context_length_exceeded":
+                raise _too_long(i, result.tokens, info.max_tokens)
+            if result.code is not None:
+                raise InvalidRequest(f"Input {i}: {result.error}", param="input", code=result.code)
+        if failed := next((r.error for r in results if r.error), None):
+            raise BackendError(self.name, failed)
+        vectors = np.stack([np.asarray(r.embedding, dtype=np.float32) for r in results])
+        if dimensions is not None and dimensions < vectors.shape[1]:
+            vectors = shorten(vectors, dimensions)
+        tokens = sum(r.tokens for r in results)
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": vector.tolist()}
+                for i, vector in enumerate(vectors)
+            ],
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+
+def shorten(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """The first `dimensions` of each vector, scaled back to unit length (Matryoshka-style, as
+    OpenAI's `dimensions` does; meaningful for models trained for it)."""
+    head = vectors[:, :dimensions]
+    norms = np.linalg.norm(head, axis=1, keepdims=True)
+    return (head / np.maximum(norms, np.float32(1e-12))).astype(np.float32)
+
+
+def _check_ids(i: int, ids: Sequence[int], info: EmbedInfo) -> None:
+    if len(ids) > info.max_tokens:
+        raise _too_long(i, len(ids), info.max_tokens)
+    if ids and (min(ids) < 0 or max(ids) >= info.vocab_size):
+        raise InvalidRequest(
+            f"Input {i}: token ids must be between 0 and {info.vocab_size - 1} (the model's "
+            "vocabulary).",
+            param="input",
+            code="invalid_input",
+        )
+
+
+def _too_long(i: int, tokens: int, limit: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"This model's maximum context length is {limit} tokens, however input {i} has "
+        f"{tokens} tokens. Please reduce the length of the input.",
+        param="input",
+        code="context_length_exceeded",
+    )
 
 
 def _prepare_image(data: bytes, pp: imaging.Preprocessing, max_pixels: int) -> np.ndarray:

@@ -36,7 +36,7 @@ async def retrieve_model(request: Request) -> Response:
     """GET /v1/models/{id}: one model (an alias answers under its own name), or 404 / 403."""
     name = request.path_params["model"]
     router, ctx = router_of(request), context(request)
-    kinds: tuple[Kind, ...] = ("llm", "image", "speech", "tensor")
+    kinds: tuple[Kind, ...] = ("llm", "image", "speech", "tensor", "embedding")
     router.resolve(name, kinds, ctx)  # 404 listing the models, or 403 for the key
     entry = next(e for e in router.registry if e.name == name or name in _aliases(router, e.name))
     return JSONResponse({**_model(request, entry), "id": name})

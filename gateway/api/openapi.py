@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.api import embeddings
 from gateway.api.kserve_protocol import InferBody
 from gateway.api.media_protocol import (
     ClassificationParams,
@@ -64,6 +65,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "/v1/images/classifications": _upload(ClassificationParams, "image"),
     "/v1/audio/transcriptions": _upload(TranscriptionParams, "audio"),
     "/v1/audio/translations": _upload(TranslationParams, "audio"),
+    "/v1/embeddings": {"content": {"application/json": {"schema": embeddings.SCHEMA}}},
     "/v2/models/{model}/infer": {"content": {"application/json": {"schema": _schema(InferBody)}}},
     "/v2/models/{model}/versions/{version}/infer": {
         "content": {"application/json": {"schema": _schema(InferBody)}}

@@ -1,4 +1,4 @@
-"""Behaving stand-ins for the BentoML clients of the vision and speech runners.
+"""Behaving stand-ins for the BentoML clients of the vision, speech and embedding runners.
 
 They answer like `bentoml.depends(...)` proxies (`client.to_async.<api>(...)`), record what they
 were sent, and can be told to fail the next call.
@@ -6,10 +6,12 @@ were sent, and can be told to fail the next call.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
 
+from contract.embedding import Embedding, EmbedInfo, EmbedInput
 from contract.speech import Clip, ClipText, SpeechInfo
 from contract.vision import VisionInfo
 
@@ -112,3 +114,46 @@ class FakeSpeechRunner(FakeRunner):
             )
             for c in clips
         ]
+
+
+EMBED_DIMENSIONS, EMBED_MAX_TOKENS, EMBED_VOCAB = 8, 16, 100
+CLS, SEP = 1, 2
+
+
+def fake_ids(text: str) -> list[int]:
+    """The fake tokenizer: [CLS] one id per word [SEP]."""
+    words = [int(hashlib.sha256(w.encode()).hexdigest(), 16) % 90 + 10 for w in text.split()]
+    return [CLS, *words, SEP]
+
+
+def fake_vector(ids: list[int]) -> np.ndarray:
+    """A unit vector that depends only on the token ids."""
+    seed = int(hashlib.sha256(repr(ids).encode()).hexdigest()[:8], 16)
+    vector = np.random.default_rng(seed).standard_normal(EMBED_DIMENSIONS)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+class FakeEmbedRunner(FakeRunner):
+    """Texts are tokenized by words; a vector is a function of the token ids only."""
+
+    def info(self) -> EmbedInfo:
+        return EmbedInfo(
+            model="fake-embed:1",
+            dimensions=EMBED_DIMENSIONS,
+            max_tokens=EMBED_MAX_TOKENS,
+            pooling="mean",
+            normalize=True,
+            vocab_size=EMBED_VOCAB,
+        )
+
+    def embed(self, inputs: list[EmbedInput]) -> list[Embedding]:
+        results = []
+        for item in inputs:
+            ids = fake_ids(item.text) if item.text is not None else list(item.ids or [])
+            if len(ids) > EMBED_MAX_TOKENS:
+                results.append(
+                    Embedding(tokens=len(ids), error="too long", code="context_length_exceeded")
+                )
+            else:
+                results.append(Embedding(embedding=fake_vector(ids), tokens=len(ids)))
+        return results

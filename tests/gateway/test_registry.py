@@ -48,7 +48,8 @@ def test_backends_are_typed_by_kind_with_their_options() -> None:
 
 def test_bundled_runners_are_the_default_routes() -> None:
     registry = registry_of(Settings())
-    assert registry.names() == ["demo-llm", "demo-resnet", "demo-whisper"]
+    assert registry.names() == ["demo-llm", "demo-resnet", "demo-whisper", "demo-embed"]
+    assert registry.get("demo-embed") == Route("demo-embed", "embedding", "embed", "demo-embed")
     assert registry.get("demo-resnet") == Route("demo-resnet", "image", "vision", "demo-resnet")
 
 

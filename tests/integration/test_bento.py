@@ -1,4 +1,4 @@
-"""`bentoml build` makes one Bento with the four services, their models and the CPU lock."""
+"""`bentoml build` makes one Bento with the five services, their models and the CPU lock."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def pins(path: Path) -> set[str]:
     return {line.strip() for line in path.read_text().splitlines() if "==" in line}
 
 
-def test_build_makes_one_bento_with_four_services_and_their_models() -> None:
+def test_build_makes_one_bento_with_five_services_and_their_models() -> None:
     info = bento_info(build_bento())
     assert info["entry_service"] == "gateway"
     services = {s["name"]: s for s in info["services"]}
@@ -26,12 +26,14 @@ def test_build_makes_one_bento_with_four_services_and_their_models() -> None:
         "llm",
         "vision",
         "speech",
+        "embed",
     }
     settings = get_settings()
     for name, model in [
         ("llm", settings.llm.model),
         ("vision", settings.vision.model),
         ("speech", settings.speech.model),
+        ("embed", settings.embed.model),
     ]:
         (tag,) = [m["tag"] for m in services[name]["models"]]
         assert tag.split(":")[0] == model.split(":")[0]

@@ -15,10 +15,11 @@ EXPECTED = {
     "demo-llm": ("text-generation", "max_position_embeddings"),
     "demo-resnet": ("image-classification", "preprocessing"),
     "demo-whisper": ("speech-recognition", "sampling_rate"),
+    "demo-embed": ("feature-extraction", "pooling"),
 }
 
 
-def test_demo_creates_three_tags_with_metadata(demo_store: DemoStore) -> None:
+def test_demo_creates_every_tag_with_metadata(demo_store: DemoStore) -> None:
     created = re.findall(r"^created (\S+) in", demo_store.first_run.stdout, re.M)
     assert sorted(tag.split(":")[0] for tag in created) == sorted(EXPECTED)
     for name, (task, key) in EXPECTED.items():
@@ -64,6 +65,9 @@ def test_list_prints_tag_task_source(
 def test_metadata_specifics(demo_store: DemoStore) -> None:
     assert store.resolve("demo-llm").metadata["max_position_embeddings"] == 2048
     assert store.resolve("demo-whisper").metadata["sampling_rate"] == 16000
+    embed = store.resolve("demo-embed").metadata
+    assert (embed["pooling"], embed["normalize"]) == ("mean", True)
+    assert (embed["dimensions"], embed["max_length"]) == (128, 512)
     prep = store.resolve("demo-resnet").metadata["preprocessing"]
     assert prep == {
         "resize": 256,
@@ -77,5 +81,6 @@ def test_metadata_specifics(demo_store: DemoStore) -> None:
 
 def test_help_documents_importers() -> None:
     text = build_parser().format_help()
-    for word in ("demo", "import llm", "import image", "import speech", "torchvision", "list"):
+    words = ("demo", "import llm", "import image", "import speech", "import embedding")
+    for word in (*words, "torchvision", "list"):
         assert word in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -104,6 +105,39 @@ def test_import_speech_with_fake_hub(
     assert model.tag.startswith("whisper-fake:")
     assert model.metadata["sampling_rate"] == 16000
     assert model.metadata["task"] == "speech-recognition"
+
+
+def test_import_embedding_with_fake_hub(
+    demo_store: DemoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """demo-embed's files laid out as a sentence-transformers repo with CLS pooling."""
+    copy = _fake_download_from(store.resolve("demo-embed").path)
+
+    def download(model_id: str, dest: Path, patterns: Sequence[str], revision: str | None) -> None:
+        copy(model_id, dest, patterns, revision)
+        modules = [
+            {"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        (dest / "modules.json").write_text(json.dumps(modules))
+        (dest / "1_Pooling").mkdir()
+        pooling = {"word_embedding_dimension": 128, "pooling_mode_cls_token": True}
+        (dest / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+        (dest / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256}))
+
+    monkeypatch.setattr(hub, "download", download)
+    model = hub.import_embedding("Example/tiny-bge", name="embed-fake")
+    assert model.tag.startswith("embed-fake:")
+    assert dict(model.metadata) == {
+        "task": "feature-extraction",
+        "source": "huggingface:Example/tiny-bge",
+        "format": "transformers",
+        "pooling": "cls",
+        "normalize": False,  # modules.json has no Normalize module
+        "dimensions": 128,
+        "max_length": 256,
+    }
+    assert (model.path / "1_Pooling" / "config.json").is_file()
 
 
 def test_import_image_from_local_dir(demo_store: DemoStore) -> None:
