@@ -1,0 +1,163 @@
+"""The Kubernetes topology for real, without Kubernetes: each BentoML service of the bundle as a
+process of its own on a port of its own, started with exactly the command and environment its
+Deployment in deploy/kubernetes gives (what the image's entrypoint runs for those args), then one
+request per modality through the gateway.
+
+Only what a machine is not a cluster changes: Service DNS names and port 3000 become loopback
+ports, the ConfigMap's Redis becomes a real redis-server started here, and the Secret's
+placeholder key is replaced by one this test knows.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from gateway.keys import digest
+from tests.media import audio_bytes, image_bytes, noise_image, tone
+from tests.servers.bentoml_home import isolated_home
+from tests.servers.bundle import ROOT, build_bento
+from tests.servers.process import ServerProcess, free_port, http_ok, start_together
+from tests.servers.redis import RedisProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+KEY = "sk-topology-test"
+OVERLAY = ROOT / "deploy/kubernetes/cpu"
+
+
+def rendered() -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(OVERLAY)], check=True, capture_output=True, text=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The bundle's Deployments by service name (the --service-name their args give)."""
+    found = {}
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        args = container.get("args") or []
+        if "--service-name" in args:
+            found[args[args.index("--service-name") + 1]] = container
+    return found
+
+
+def config_map(docs: list[dict[str, Any]], key: str) -> str:
+    for doc in docs:
+        if doc["kind"] in ("ConfigMap", "Secret") and key in (doc.get("data") or {}):
+            data = doc["data"][key]
+            if doc["kind"] == "Secret":
+                import base64
+
+                data = base64.b64decode(data).decode()
+            return str(data)
+    raise LookupError(key)
+
+
+@pytest.fixture(scope="module")
+def gateway_url() -> Iterator[str]:
+    docs = rendered()
+    services = deployments(docs)
+    assert {"gateway", "llm", "vision", "speech"} <= set(services)
+    work = Path(tempfile.mkdtemp(prefix="topology-"))
+    redis = RedisProcess().start()
+    config = yaml.safe_load(config_map(docs, "bundle.yaml"))
+    for section in ("ratelimit", "cache"):
+        if str(config.get(section, {}).get("storage", "")).startswith("redis://"):
+            db = config[section]["storage"].rsplit("/", 1)[-1]
+            config[section]["storage"] = f"{redis.url.rsplit('/', 1)[0]}/{db}"
+    config.setdefault("llm", {})["port"] = free_port()  # vLLM's own port, inside the llm pod
+    if config.get("gateway", {}).get("grpc_port"):
+        config["gateway"]["grpc_port"] = free_port()
+    (work / "bundle.yaml").write_text(yaml.safe_dump(config))
+    (work / "keys.yaml").write_text(yaml.safe_dump([{"name": "test", "sha256": digest(KEY)}]))
+    bento = subprocess.run(
+        [sys.executable, "-m", "bentoml", "get", build_bento(), "-o", "path"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    ports = {name: free_port() for name in services}
+    home = isolated_home(work)
+    processes = []
+    for name, container in services.items():
+        args = list(container["args"])
+        args[args.index("--port") + 1] = str(ports[name])
+        args[args.index("--host") + 1] = "127.0.0.1"
+        for i, arg in enumerate(args):
+            if i and args[i - 1] == "--depends":
+                dep = arg.split("=", 1)[0]
+                args[i] = f"{dep}=http://127.0.0.1:{ports[dep]}"
+        env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+        assert env.pop("BUNDLE_CONFIG").startswith("/etc/serving-bundle/")
+        env["BUNDLE_CONFIG"] = str(work / "bundle.yaml")
+        if "BUNDLE_KEYS_FILE" in env:
+            env["BUNDLE_KEYS_FILE"] = str(work / "keys.yaml")
+        env["BENTOML_HOME"] = str(home / name)  # a pod of its own: its own metrics dir
+        (home / name).mkdir()
+        for shared in ("models", "bentos", "envs"):
+            (home / name / shared).symlink_to(home / shared)
+        # The image's entrypoint turns `start-http-server ARGS` into exactly this:
+        command = [sys.executable, "-m", "bentoml_cli._internal.start", *args, bento]
+        processes.append(
+            ServerProcess(
+                name,
+                command,
+                ready=http_ok(f"http://127.0.0.1:{ports[name]}/readyz"),
+                url=f"http://127.0.0.1:{ports[name]}",
+                env={**env, "VLLM_CPU_KVCACHE_SPACE": "1"},
+                timeout_s=420,
+            )
+        )
+    try:
+        start_together(*(p.start for p in processes), aborts=[p.abort for p in processes])
+        yield f"http://127.0.0.1:{ports['gateway']}"
+    finally:
+        for process in processes:
+            process.stop()
+        redis.stop()
+
+
+def test_each_modality_through_the_gateway_pod(gateway_url: str) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=gateway_url, headers=headers, timeout=120) as client:
+        assert client.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+        chat = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "demo-llm",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 4,
+            },
+        )
+        image = client.post(
+            "/v1/images/classifications",
+            data={"model": "demo-resnet"},
+            files={"file": ("x.png", image_bytes(noise_image(2)), "image/png")},
+        )
+        audio = client.post("/v1/audio/transcriptions",
+                            data={"model": "demo-whisper", "response_format": "verbose_json"},
+                            files={"file": ("x.wav", audio_bytes(tone(1.0, 440, 16_000), 16_000),
+                                            "audio/wav")})  # fmt: skip
+        models = {m["id"] for m in client.get("/v1/models").json()["data"]}
+        embed = (
+            client.post("/v1/embeddings", json={"model": "demo-embed", "input": "hi"})
+            if "demo-embed" in models
+            else None
+        )
+    assert chat.status_code == 200 and chat.json()["usage"]["completion_tokens"] == 4
+    assert image.status_code == 200 and len(image.json()["predictions"]) == 5
+    assert audio.status_code == 200 and audio.json()["duration"] == 1.0
+    assert embed is None or (embed.status_code == 200 and embed.json()["data"][0]["embedding"])
+    assert json.loads(chat.text)["model"] == "demo-llm"
