@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from gateway.api import embeddings
@@ -80,7 +80,7 @@ ANSWERS: dict[str, dict[str, Any]] = {
 def document(routes: list[Any]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        if not isinstance(route, Route) or route.path == "/openapi.json":
+        if not isinstance(route, Route) or route.path in ("/openapi.json", "/docs"):
             continue
         path = route.path.replace("{model:path}", "{model}")
         error = KSERVE_ERROR if path.startswith("/v2") else OPENAI_ERROR
@@ -130,4 +130,12 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(document(request.app.routes))
 
 
-routes = [Route("/openapi.json", openapi, methods=["GET"])]
+async def docs(request: Request) -> Response:
+    """BentoML's API page (Swagger UI of the typed APIs) is the service's root, `/`."""
+    return RedirectResponse("/", status_code=307)
+
+
+routes = [
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
+]

@@ -94,8 +94,8 @@ async def test_the_async_client_classifies_too(bundle_url: str, files: tuple[Pat
 
 
 def test_docs_and_the_openapi_documents(bundle_url: str) -> None:
-    docs = httpx.get(f"{bundle_url}/docs", timeout=10)
-    assert docs.status_code == 200
+    docs = httpx.get(f"{bundle_url}/docs", timeout=10, follow_redirects=True)
+    assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
     bentoml_spec = httpx.get(f"{bundle_url}/docs.json", timeout=10).json()
     assert {"/classify", "/chat", "/transcribe"} <= set(bentoml_spec["paths"])
     http_spec = httpx.get(f"{bundle_url}/openapi.json", timeout=10).json()

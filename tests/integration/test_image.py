@@ -25,27 +25,30 @@ def context() -> tuple[str, Path]:
         text = (root / dockerfile).read_text()
         listing = {str(p.relative_to(root)) for p in root.rglob("*")}
         models = sorted(p.name for p in (root / "models").iterdir())
-        yield text, listing, models  # type: ignore[misc]
+        yield text, listing, models, root  # type: ignore[misc]
 
 
 def test_the_image_installs_the_lock_then_drops_what_the_cpu_lock_excludes(
-    context: tuple[str, set[str], list[str]],
+    context: tuple[str, set[str], list[str], Path],
 ) -> None:
-    dockerfile, listing, _ = context
+    dockerfile, listing, _, root = context
     install = dockerfile.index("pip install -r $BENTO_PATH/env/python/requirements.txt")
-    setup = dockerfile.index("setup_script")
-    assert setup > install, "the setup script must run after BentoML's (re-resolving) install"
-    assert "env/docker/setup_script" in listing
+    script = re.search(r"&& \./(env/docker/script__\w+)\n", dockerfile)
+    assert script, "BentoML runs the bentofile's setup_script as env/docker/script__<hash>"
+    assert script.start() > install, "the setup script runs after BentoML's re-resolving install"
+    assert script.group(1) in listing
+    ours = (ROOT / "scripts/container-setup").read_text()
+    assert (root / script.group(1)).read_text() == ours
     requirements = (ROOT / "requirements/cpu.lock").read_text()
     assert "torchvision" not in re.sub(r"#.*", "", requirements)  # the lock has none ...
-    script = (ROOT / "scripts/container-setup").read_text()
-    assert "uv pip uninstall torchvision torchaudio torchcodec" in script  # ... nor the image
+    setup = (ROOT / "scripts/container-setup").read_text()
+    assert "uv pip uninstall torchvision torchaudio torchcodec" in setup  # ... nor the image
 
 
 def test_the_image_has_libnuma_runs_as_a_user_and_carries_the_models(
-    context: tuple[str, set[str], list[str]],
+    context: tuple[str, set[str], list[str], Path],
 ) -> None:
-    dockerfile, _, models = context
+    dockerfile, _, models, _ = context
     assert re.search(r"apt-get install[^\n]*libnuma1", dockerfile)
     assert re.search(r"^USER bentoml$", dockerfile, re.M)
     assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.M)

@@ -31,6 +31,7 @@ from tests.servers.bentoml_home import isolated_home
 from tests.servers.bundle import BENTOML, ROOT
 from tests.servers.process import ServerProcess, free_port, http_ok
 from tests.servers.redis import RedisProcess
+from tests.servers.upstream import upstream_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -52,7 +53,20 @@ def redis() -> Iterator[RedisProcess]:
 
 
 @pytest.fixture(scope="module")
-def gateway(routing_stack: RoutingStack, redis: RedisProcess) -> Iterator[ServerProcess]:
+def upstream() -> Iterator[ServerProcess]:
+    """An OpenAI-compatible server that reports usage (the stack's vLLM may be stopped by the
+    time this module runs: test_routing_llm stops it)."""
+    server = upstream_process(prefill_ms=1, token_ms=1).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    routing_stack: RoutingStack, redis: RedisProcess, upstream: ServerProcess
+) -> Iterator[ServerProcess]:
     directory = Path(tempfile.mkdtemp(prefix="shared-limits-"))
     config: dict[str, Any] = {
         "gateway": {"workers": 2},
@@ -66,7 +80,7 @@ def gateway(routing_stack: RoutingStack, redis: RedisProcess) -> Iterator[Server
             "backends": {
                 "triton": {"kind": "triton", "url": routing_stack.triton.http_url,
                            "protocol": "http"},
-                "vllm": {"kind": "openai", "url": routing_stack.vllm.url},
+                "vllm": {"kind": "openai", "url": upstream.url},
             },
             "models": {"scale": {"backend": "triton"},
                        "sleepy": {"backend": "triton"},
