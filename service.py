@@ -1,4 +1,5 @@
-"""The bundle: a gateway (the entry service) in front of three runners.
+"""The bundle: a gateway (the entry service) in front of four runners (LLM, image, speech,
+embeddings).
 
     bentoml serve service:Gateway
 
@@ -22,6 +23,7 @@ from bentoml.validators import ContentType
 
 from contract.vision import Prediction
 from gateway import calls
+from gateway.api import embeddings
 from gateway.api.audio import verbose
 from gateway.app import create_app, install, shutdown
 from gateway.build import build_router
@@ -43,8 +45,10 @@ from settings import get_settings
 os.environ.setdefault("BENTOML_NO_UDS", "1")
 
 app = create_app()
-LLM_MODEL, IMAGE_MODEL, SPEECH_MODEL, *_ = get_settings().bundled_models()
-TYPED_APIS = ("/chat", "/chat_stream", "/complete", "/complete_stream", "/classify", "/transcribe")
+LLM_MODEL, IMAGE_MODEL, SPEECH_MODEL, EMBED_MODEL = get_settings().bundled_models()
+TYPED_APIS = (
+    "/chat", "/chat_stream", "/complete", "/complete_stream", "/classify", "/transcribe", "/embed"
+)  # fmt: skip
 
 
 @bentoml.asgi_app(app, path="/")
@@ -53,7 +57,7 @@ class Gateway:
     llm = bentoml.depends(LLM)
     vision = bentoml.depends(ImageClassifier)
     speech = bentoml.depends(Transcriber)
-    embed = bentoml.depends(Embedder)
+    embedder = bentoml.depends(Embedder)
 
     def __init__(self) -> None:
         settings = get_settings()
@@ -64,7 +68,7 @@ class Gateway:
             llm_url=dependency_url(type(self).llm),
             vision=self.vision,
             speech=self.speech,
-            embed=self.embed,
+            embed=self.embedder,
         )
         install(app, settings=settings, router=router)
         # KServe V2 over gRPC beside the HTTP routes when gateway.grpc_port is set (None: off);
@@ -186,6 +190,21 @@ class Gateway:
             )
         )  # fmt: skip
         return verbose(transcript).model_dump()
+
+    @bentoml.api
+    async def embed(
+        self,
+        texts: list[str],
+        model: str = EMBED_MODEL,
+        dimensions: int | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> list[list[float]]:
+        """One vector per text (what /v1/embeddings answers, without the envelope)."""
+        body: dict[str, Any] = {"model": model, "input": texts}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        response = await _call(embeddings.embed(app.state.router, _ctx(ctx), body))
+        return [item["embedding"] for item in response["data"]]
 
 
 def _ctx(ctx: bentoml.Context) -> RequestContext:

@@ -31,17 +31,12 @@ def entry_service() -> str:
 
 
 def dependencies() -> tuple[str, ...]:
-    """The entry class's `x = bentoml.depends(...)` attributes: the bundled runners' names
-    (contract/names.py), each also the runner's BentoML service name."""
-    names = tuple(
-        target.id
-        for stmt in _entry().body
-        if isinstance(stmt, ast.Assign)
-        and isinstance(stmt.value, ast.Call)
-        and ast.unparse(stmt.value.func) == "bentoml.depends"
-        for target in stmt.targets
-        if isinstance(target, ast.Name)
-    )
+    """The BentoML service names of what the entry class depends on (`bentoml.depends(...)`):
+    the bundled runners (contract/names.py)."""
+    import service
+
+    entry = getattr(service, ENTRY_CLASS)
+    names = tuple(sorted(dep.on.name for dep in entry.dependencies.values()))
     unknown = set(names) - set(BUNDLED)
     assert not unknown, f"service.py depends on {unknown}, not bundled runners {BUNDLED}"
     return names

@@ -31,7 +31,8 @@ def client(bundle_url: str) -> bentoml.SyncHTTPClient:
 
 def test_the_client_finds_the_gateways_typed_apis(client: bentoml.SyncHTTPClient) -> None:
     names = set(client.endpoints)
-    assert {"chat", "chat_stream", "complete", "complete_stream", "classify", "transcribe"} <= names
+    assert {"chat", "chat_stream", "complete", "complete_stream", "classify", "transcribe",
+            "embed"} <= names  # fmt: skip
 
 
 def test_classify_answers_what_the_http_route_answers(
@@ -101,3 +102,16 @@ def test_docs_and_the_openapi_documents(bundle_url: str) -> None:
     http_spec = httpx.get(f"{bundle_url}/openapi.json", timeout=10).json()
     routes = {"/v1/chat/completions", "/v1/images/classifications", "/v2/models/{model}/infer"}
     assert routes <= set(http_spec["paths"])
+
+
+def test_embed_answers_what_the_http_route_answers(
+    client: bentoml.SyncHTTPClient, bundle_url: str
+) -> None:
+    typed = client.embed(texts=["a cat", "a dog"])
+    http = httpx.post(
+        f"{bundle_url}/v1/embeddings",
+        json={"model": "demo-embed", "input": ["a cat", "a dog"]},
+        timeout=60,
+    ).json()["data"]
+    assert len(typed) == 2 and typed[0] != typed[1]
+    assert [round(x, 5) for x in typed[1]] == [round(x, 5) for x in http[1]["embedding"]]
