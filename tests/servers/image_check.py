@@ -28,6 +28,8 @@ def check(url: str) -> list[str]:
                 "/v1/audio/transcriptions", data={"model": "demo-whisper"},
                 files={"file": ("x.wav", audio_bytes(tone(2.0, 440, 16_000), 16_000),
                                 "audio/wav")})),
+            ("embed", lambda: client.post("/v1/embeddings", json={
+                "model": "demo-embed", "input": ["a cat", "a dog"]})),
         ]:  # fmt: skip
             started = time.perf_counter()
             r = send()
