@@ -44,7 +44,7 @@ from gateway.context import RequestContext, request_id
 from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest, VersionNotFound
 from gateway.keys import token_from_headers
 from gateway.limiter import NO_LIMITS, Lease
-from gateway.pipeline import IN_FLIGHT, RATE_LIMITED, PipelineParts, finished
+from gateway.pipeline import IN_FLIGHT, RATE_LIMITED, PipelineParts, settle
 from gateway.registry import Route
 from gateway.router import Router
 from gateway.tensors import Tensor, TensorRequest
@@ -320,12 +320,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:  # the call was cancelled (deadline, client gone) too: then status 0, 499
             IN_FLIGHT.dec()
             DRAIN.finished()
-            try:
-                if ctx.tokens:
-                    await lease.add_tokens(ctx.tokens)
-            finally:
-                await lease.release()
-                finished(ctx, settings)
+            await settle(ctx, lease, settings)
         trailing = _trailing(ctx, lease, error)
         if error is not None:
             await context.abort(grpc_code(error.status), error.message, trailing_metadata=trailing)

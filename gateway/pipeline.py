@@ -177,12 +177,18 @@ class Pipeline:
                 await render(ctx.path, internal)(scope, receive, send_stamped)
         finally:
             IN_FLIGHT.dec()
-            try:
-                if ctx.tokens:
-                    await lease.add_tokens(ctx.tokens)
-            finally:
-                await lease.release()
-                finished(ctx, settings)
+            await settle(ctx, lease, settings)
+
+
+async def settle(ctx: RequestContext, lease: Lease, settings: Settings) -> None:
+    """The end of a request, whatever its protocol: its tokens counted against the key, its
+    parallel slot freed, its metrics and access-log line written."""
+    try:
+        if ctx.tokens:
+            await lease.add_tokens(ctx.tokens)
+    finally:
+        await lease.release()
+        finished(ctx, settings)
 
 
 def finished(ctx: RequestContext, settings: Settings) -> None:

@@ -13,23 +13,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
-import yaml
 
 from tests.integration.conftest import RoutingStack
 from tests.media import audio_bytes, image_bytes, noise_image, tone
-from tests.servers.bentoml_home import isolated_home
-from tests.servers.bundle import BENTOML, ROOT
-from tests.servers.process import ServerProcess, free_port, http_ok
+from tests.servers.bundle import remote_gateway_process
+from tests.servers.process import ServerProcess
 from tests.servers.upstream import upstream_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.destructive, pytest.mark.timeout(600)]
@@ -216,25 +212,11 @@ def test_a_stream_longer_than_the_drain_deadline_ends_with_an_error_event() -> N
     """The gateway alone (`service:RemoteGateway`) in front of a deterministic upstream whose
     stream lasts 8 s; the drain deadline is 1 s."""
     upstream = upstream_process(token_ms=20, tokens=400).start()
-    directory = Path(tempfile.mkdtemp(prefix="short-drain-"))
     config = {"drain": {"timeout_s": 1.0, "final_grace_s": 2.0},
               "routing": {"backends": {"up": {"kind": "openai", "url": upstream.url}},
                           "models": {"fixed-llm": {"backend": "up"}}}}  # fmt: skip
-    (directory / "routes.yaml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    gateway = ServerProcess(
-        "remote-gateway",
-        [*BENTOML, "serve", "service:RemoteGateway", "--port", str(port), "--host", "127.0.0.1"],
-        ready=http_ok(f"{url}/readyz"),
-        url=url,
-        env={
-            "BUNDLE_CONFIG": str(directory / "routes.yaml"),
-            "BENTOML_HOME": str(isolated_home(directory)),
-        },
-        cwd=ROOT,
-        timeout_s=120,
-    ).start()
+    gateway = remote_gateway_process(config, timeout_s=120).start()
+    url = gateway.url
     try:
         body = {"model": "fixed-llm", "messages": [{"role": "user", "content": "hi"}],
                 "stream": True}  # fmt: skip

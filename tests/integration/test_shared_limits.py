@@ -9,11 +9,9 @@ limits live in a real redis-server started here.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,15 +19,13 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.http as httpclient
-import yaml
 from tritonclient.utils import InferenceServerException
 
 from gateway.keys import digest
 from tests.integration.conftest import RoutingStack
 from tests.integration.prometheus import metric_value
-from tests.servers.bentoml_home import isolated_home
-from tests.servers.bundle import BENTOML, ROOT
-from tests.servers.process import ServerProcess, free_port, http_ok
+from tests.servers.bundle import remote_gateway_process
+from tests.servers.process import ServerProcess
 from tests.servers.redis import RedisProcess
 from tests.servers.upstream import upstream_process
 
@@ -67,7 +63,6 @@ def upstream() -> Iterator[ServerProcess]:
 def gateway(
     routing_stack: RoutingStack, redis: RedisProcess, upstream: ServerProcess
 ) -> Iterator[ServerProcess]:
-    directory = Path(tempfile.mkdtemp(prefix="shared-limits-"))
     config: dict[str, Any] = {
         "gateway": {"workers": 2},
         "ratelimit": {"storage": redis.url},
@@ -87,21 +82,7 @@ def gateway(
                        "remote-llm": {"backend": "vllm"}},
         },
     }  # fmt: skip
-    (directory / "routes.yaml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = ServerProcess(
-        "remote-gateway",
-        [*BENTOML, "serve", "service:RemoteGateway", "--port", str(port), "--host", "127.0.0.1"],
-        ready=http_ok(f"{url}/readyz"),
-        url=url,
-        env={
-            "BUNDLE_CONFIG": str(directory / "routes.yaml"),
-            "BENTOML_HOME": str(isolated_home(directory)),
-        },
-        cwd=ROOT,
-        timeout_s=180,
-    ).start()
+    server = remote_gateway_process(config).start()
     try:
         yield server
     finally:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tests.servers.process import ServerProcess, free_port, http_ok
 
@@ -69,3 +70,28 @@ def bundle_process(
 
         server.before_start = build_first
     return server
+
+
+def remote_gateway_process(config: dict[str, Any], *, timeout_s: float = 180) -> ServerProcess:
+    """`bentoml serve service:RemoteGateway` (the gateway alone, remote backends only) on a free
+    port with `config` as its BUNDLE_CONFIG and a BENTOML_HOME of its own; not started yet."""
+    import yaml
+
+    from tests.servers.bentoml_home import isolated_home
+
+    directory = Path(tempfile.mkdtemp(prefix="remote-gateway-"))
+    (directory / "routes.yaml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    return ServerProcess(
+        "remote-gateway",
+        [*BENTOML, "serve", "service:RemoteGateway", "--port", str(port), "--host", "127.0.0.1"],
+        ready=http_ok(f"{url}/readyz"),
+        url=url,
+        env={
+            "BUNDLE_CONFIG": str(directory / "routes.yaml"),
+            "BENTOML_HOME": str(isolated_home(directory)),
+        },
+        cwd=ROOT,
+        timeout_s=timeout_s,
+    )
