@@ -24,6 +24,8 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import anyio
+
 from gateway.adapters.base import InferenceAdapter, InferRequest, InferResponse
 from gateway.admission import Admission
 from gateway.breaker import CircuitBreaker, CircuitOpen, Permit, State
@@ -181,9 +183,11 @@ async def _open_stream(
 
 
 async def close_stream(chunks: AsyncIterator[bytes]) -> None:
+    """Close a stream even in a cancelled task (the client went away): shielded."""
     close = getattr(chunks, "aclose", None)
     if close is not None:
-        await close()
+        with anyio.CancelScope(shield=True):
+            await close()
 
 
 def _retryable(err: BackendUnavailable) -> bool:

@@ -11,6 +11,7 @@ import json
 import urllib.parse
 from collections.abc import AsyncIterator
 
+import anyio
 import httpx
 
 from gateway.adapters.base import InferRequest, InferResponse
@@ -136,7 +137,11 @@ class OpenAIAdapter:
         except httpx.TransportError as exc:
             raise BackendError(self.name, f"stream broke off: {_describe(exc)}") from None
         finally:
-            await r.aclose()
+            # Shielded: a client that went away cancels this task, and anyio cancels every await
+            # in it again; unshielded, the close would not happen and the engine would go on
+            # generating for nobody.
+            with anyio.CancelScope(shield=True):
+                await r.aclose()
 
     async def health(self) -> bool:
         try:

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from tests.integration.conftest import RoutingStack
+from tests.integration.prometheus import metric_value
 from tests.media import audio_bytes, image_bytes, noise_image, tone
 from tests.servers.bundle import remote_gateway_process
 from tests.servers.process import ServerProcess
@@ -172,7 +173,7 @@ def test_sigterm_drains_every_request_in_flight_then_exits_clean(bundle: ServerP
         streams = [pool.submit(stream, bundle.url, 900) for _ in range(4)]
         images = [pool.submit(classify, bundle.url, 120) for _ in range(4)]
         audios = [pool.submit(transcribe, bundle.url, 120) for _ in range(2)]
-        time.sleep(1.5)  # all of them reach the bundle and start
+        pending = wait_until_accepted(bundle.url, [*streams, *images, *audios])
         assert not any(f.done() for f in streams), "streams must still run when SIGTERM lands"
         signalled = time.monotonic()
         bundle.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -182,7 +183,7 @@ def test_sigterm_drains_every_request_in_flight_then_exits_clean(bundle: ServerP
         results = wait_all([*streams, *images, *audios])
     code = bundle.proc.wait(DRAIN_S + 10)  # type: ignore[union-attr]
     took = time.monotonic() - signalled
-    print(f"\nSIGTERM with {len(results)} requests in flight: exit {code} after {took:.1f} s")
+    print(f"\nSIGTERM with {pending} requests in flight: exit {code} after {took:.1f} s")
     assert refused.status_code == 503 and "retry-after" in refused.headers
     assert refused.json()["error"]["code"] == "draining"
     assert ready.status_code == 503
@@ -199,6 +200,20 @@ def test_sigterm_drains_every_request_in_flight_then_exits_clean(bundle: ServerP
     assert code == 0 and took < DRAIN_S + 10
     _, alive = psutil.wait_procs(processes, timeout=10)
     assert not alive, f"processes outlived the bundle: {[p.info for p in alive]}"
+
+
+def wait_until_accepted(url: str, futures: list[Future[Any]], timeout_s: float = 30) -> int:
+    """Until the gateway serves every request not yet answered (its in-flight gauge says so), so
+    that they are in flight at the gateway, not in a socket's backlog, when SIGTERM lands (a
+    request the gateway accepts only after it began draining gets a 503 by design). Returns how
+    many are in flight."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pending = sum(not f.done() for f in futures)
+        if metric_value(url, "gateway_requests_in_flight") >= pending:
+            return pending
+        time.sleep(0.1)
+    pytest.fail("the gateway did not accept every request within 30 s")
 
 
 def wait_all(futures: list[Future[Any]]) -> list[Any]:
