@@ -44,7 +44,6 @@ class RequestContext:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cache: str | None = None  # "hit" or "miss" when the model is cached
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key_name(self) -> str | None:

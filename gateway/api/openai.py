@@ -16,7 +16,6 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, openai_error_body
 from gateway.registry import Kind, Split
 from gateway.registry import Route as ModelRoute
-from gateway.router import Router
 from lifecycle import DRAIN
 
 OWNED_BY = "serving-bundle"
@@ -38,12 +37,9 @@ async def retrieve_model(request: Request) -> Response:
     router, ctx = router_of(request), context(request)
     kinds: tuple[Kind, ...] = ("llm", "image", "speech", "tensor", "embedding")
     router.resolve(name, kinds, ctx)  # 404 listing the models, or 403 for the key
-    entry = next(e for e in router.registry if e.name == name or name in _aliases(router, e.name))
+    aliases = router.registry.aliases_of
+    entry = next(e for e in router.registry if e.name == name or name in aliases(e.name))
     return JSONResponse({**_model(request, entry), "id": name})
-
-
-def _aliases(router: Router, name: str) -> list[str]:
-    return router.registry.aliases_of(name)
 
 
 def _model(request: Request, entry: ModelRoute | Split) -> dict[str, object]:
