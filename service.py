@@ -51,8 +51,23 @@ TYPED_APIS = (
 )  # fmt: skip
 
 
+def gateway_config() -> dict[str, Any]:
+    """The BentoML service config of both gateways. BentoML's own access log is off (the
+    pipeline writes one line per request, with its request id and key), and so is its
+    OpenTelemetry middleware for the gateway's routes unless `log.trace_requests` (settings.py)."""
+    settings = get_settings()
+    config: dict[str, Any] = {
+        "traffic": {"timeout": 3600},
+        "workers": settings.gateway.workers,
+        "logging": {"access": {"enabled": False}},
+    }
+    if not settings.log.trace_requests:
+        config["tracing"] = {"excluded_urls": [".*"]}  # every URL: a regex searched in it
+    return config
+
+
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(name="gateway", traffic={"timeout": 3600}, workers=get_settings().gateway.workers)
+@bentoml.service(name="gateway", **gateway_config())
 class Gateway:
     llm = bentoml.depends(LLM)
     vision = bentoml.depends(ImageClassifier)
@@ -256,9 +271,7 @@ Gateway.add_asgi_middleware(  # type: ignore[attr-defined]
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(
-    name="remote-gateway", traffic={"timeout": 3600}, workers=get_settings().gateway.workers
-)
+@bentoml.service(name="remote-gateway", **gateway_config())
 class RemoteGateway:
     def __init__(self) -> None:
         settings = get_settings()

@@ -278,6 +278,12 @@ class LogSettings(_Section):
     access_log: bool = True  # one line per finished /v1 and /v2 request
     format: Literal["json", "text"] = "json"
     request_id_header: str = "X-Request-Id"
+    # BentoML's OpenTelemetry spans for the gateway's requests: one per request and one per
+    # response chunk, made even when no trace is sampled (BentoML's default sample rate is 0), at
+    # about a quarter of the gateway's CPU on a stream (bench/gateway.py). Off, the gateway's own
+    # access log and request ids cover each request; on, with BentoML's `tracing:` configured
+    # (exporter_type, sample_rate), its requests are traced like any BentoML service's.
+    trace_requests: bool = False
 
 
 class Settings(_Section):
