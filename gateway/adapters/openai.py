@@ -6,13 +6,11 @@ streamed server-sent events are relayed byte for byte.
 
 from __future__ import annotations
 
-import itertools
 import json
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
-import anyio
-import httpx
+import aiohttp
 
 from gateway.adapters.base import InferRequest, InferResponse
 from gateway.errors import (
@@ -31,67 +29,74 @@ PATHS = {
 }
 
 
-# httpcore's pool checks every one of its connections (a poll() each) on every request it
-# assigns, so one pool of hundreds of busy streaming connections costs O(connections) per request:
-# profiled at c=64 it was a quarter of the gateway's CPU. Several small pools, taken in turn, keep
-# each scan short.
-POOL_SHARDS = 16
-
-
-def make_client(url: str, *, timeout_s: float, max_connections: int = 512) -> PooledClients:
-    """The clients of one upstream: `POOL_SHARDS` pools sharing `max_connections`.
+def make_client(url: str, *, timeout_s: float, max_connections: int = 512) -> UpstreamClient:
+    """The pooled client of one upstream (see `UpstreamClient`).
 
     Besides http(s) URLs this takes the forms BentoML uses to wire services on one host:
     `file:///path/x.sock` (a Unix socket) and `tcp://host:port`.
     """
-    per_shard = max(1, max_connections // POOL_SHARDS)
-    return PooledClients(
-        [_client(url, timeout_s=timeout_s, max_connections=per_shard) for _ in range(POOL_SHARDS)]
-    )
+    return UpstreamClient(url, timeout_s=timeout_s, max_connections=max_connections)
 
 
-class PooledClients:
-    """httpx clients used in turn; `first` for health checks and settings."""
+class UpstreamClient:
+    """One aiohttp session per upstream, made on first use (inside the serving event loop).
 
-    def __init__(self, clients: list[httpx.AsyncClient]) -> None:
-        self.clients = clients
-        self.first = clients[0]
-        self._turn = itertools.cycle(clients)
+    aiohttp, not httpx: relaying a stream is a read and a write per chunk, and httpx's read path
+    (httpcore, h11, an anyio cancel scope per read) cost the gateway about 40 us of CPU per relayed
+    chunk at c=64, half of all it spent; aiohttp's C parser and buffered reader take a fraction of
+    that (bench/gateway.py, the note of issue 14). Its pool holds idle connections per host and
+    hands one out without scanning the busy ones.
+    """
 
-    def next(self) -> httpx.AsyncClient:
-        return next(self._turn)
+    def __init__(self, url: str, *, timeout_s: float, max_connections: int = 512) -> None:
+        self.timeout_s = timeout_s
+        self._socket: str | None = None
+        self._trust_env = False  # BentoML's own wiring (sockets, tcp://) never takes a proxy
+        if url.startswith(("file://", "unix://")):
+            self._socket = urllib.parse.unquote(urllib.parse.urlparse(url).path)
+            self.base = "http://localhost"
+        elif url.startswith("tcp://"):
+            self.base = "http://" + url.removeprefix("tcp://").rstrip("/")
+        else:
+            self.base = url.rstrip("/")
+            self._trust_env = True  # HTTP(S)_PROXY and NO_PROXY, as httpx and requests read them
+        # connect: 5 s; then `timeout_s` at most between two reads (a stream's next chunk)
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=timeout_s)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector: aiohttp.BaseConnector
+            if self._socket is not None:
+                connector = aiohttp.UnixConnector(self._socket, limit=self._max_connections)
+            else:
+                connector = aiohttp.TCPConnector(limit=self._max_connections)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, trust_env=self._trust_env
+            )
+        return self._session
+
+    def url(self, path: str) -> str:
+        return self.base + path
 
     async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
-
-
-def _client(url: str, *, timeout_s: float, max_connections: int) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(timeout_s, connect=5.0)
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    if url.startswith(("file://", "unix://")):
-        path = urllib.parse.unquote(urllib.parse.urlparse(url).path)
-        transport = httpx.AsyncHTTPTransport(uds=path, limits=limits)
-        return httpx.AsyncClient(base_url="http://localhost", transport=transport, timeout=timeout)
-    if url.startswith("tcp://"):
-        url = "http://" + url.removeprefix("tcp://")
-    return httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout, limits=limits)
+        if self._session is not None:
+            await self._session.close()
 
 
 class OpenAIAdapter:
     def __init__(
         self,
         name: str,
-        client: httpx.AsyncClient | PooledClients,
+        client: UpstreamClient,
         *,
         api_key: str | None = None,
         health_path: str = "/health",
     ) -> None:
         self.name = name
-        self._pool = client if isinstance(client, PooledClients) else PooledClients([client])
-        self._client = self._pool.first
+        self._client = client
         # The bundled engine's BentoML service answers /readyz itself (its own check of vLLM);
         # its /health would be proxied to vLLM and log an error while vLLM boots.
         self._health_path = health_path
@@ -105,56 +110,67 @@ class OpenAIAdapter:
 
     async def predict(self, request: InferRequest) -> InferResponse:
         body = {**request.payload, "model": request.model, "stream": False}
+        client = self._client
         try:
-            r = await self._pool.next().post(
-                PATHS[request.task], json=body, headers=self._headers_for(request)
-            )
-        except httpx.TimeoutException:
-            raise BackendTimeout(self.name, self._client.timeout.read or 0) from None
-        except httpx.TransportError as exc:
+            async with client.session.post(
+                client.url(PATHS[request.task]), json=body, headers=self._headers_for(request)
+            ) as r:
+                content = await r.read()
+        except TimeoutError:
+            raise BackendTimeout(self.name, client.timeout_s) from None
+        except aiohttp.ClientError as exc:
             raise BackendUnavailable(self.name, _describe(exc)) from None
-        if r.status_code != 200:
-            raise self._upstream_error(r.status_code, r.content, r.headers)
-        return InferResponse(body=r.json())
+        if r.status != 200:
+            raise self._upstream_error(r.status, content, r.headers)
+        try:
+            return InferResponse(body=json.loads(content))
+        except ValueError:
+            raise BackendError(self.name, "the answer is not JSON") from None
 
     async def stream(self, request: InferRequest) -> AsyncIterator[bytes]:
         body = {**request.payload, "model": request.model, "stream": True}
-        client = self._pool.next()
-        req = client.build_request(
-            "POST", PATHS[request.task], json=body, headers=self._headers_for(request)
-        )
+        client = self._client
         try:
-            r = await client.send(req, stream=True)
-        except httpx.TimeoutException:
-            raise BackendTimeout(self.name, self._client.timeout.read or 0) from None
-        except httpx.TransportError as exc:
+            r = await client.session.post(
+                client.url(PATHS[request.task]), json=body, headers=self._headers_for(request)
+            )
+        except TimeoutError:
+            raise BackendTimeout(self.name, client.timeout_s) from None
+        except aiohttp.ClientError as exc:
             raise BackendUnavailable(self.name, _describe(exc)) from None
         try:
-            if r.status_code != 200:
-                raise self._upstream_error(r.status_code, await r.aread(), r.headers)
-            async for chunk in r.aiter_raw():
+            if r.status != 200:
+                raise self._upstream_error(r.status, await r.read(), r.headers)
+            async for chunk in r.content.iter_any():  # whatever has arrived, as it arrives
                 yield chunk
-        except httpx.TransportError as exc:
+        except TimeoutError:
+            message = f"stream broke off: no data for {client.timeout_s:g} s"
+            raise BackendError(self.name, message) from None
+        except aiohttp.ClientError as exc:
             raise BackendError(self.name, f"stream broke off: {_describe(exc)}") from None
         finally:
-            # Shielded: a client that went away cancels this task, and anyio cancels every await
-            # in it again; unshielded, the close would not happen and the engine would go on
-            # generating for nobody.
-            with anyio.CancelScope(shield=True):
-                await r.aclose()
+            # Synchronous, so a client that went away (anyio cancels every await of a cancelled
+            # task) cannot skip it: a stream read to its end returns its connection to the pool;
+            # one cut short closes it, and the engine sees the disconnect and stops generating.
+            if r.content.at_eof():
+                r.release()
+            else:
+                r.close()
 
     async def health(self) -> bool:
         try:
-            r = await self._client.get(self._health_path, timeout=2.0)
-        except httpx.HTTPError:
+            async with self._client.session.get(
+                self._client.url(self._health_path), timeout=aiohttp.ClientTimeout(total=2.0)
+            ) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError):
             return False
-        return r.status_code == 200
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        await self._client.aclose()
 
     def _upstream_error(
-        self, status: int, content: bytes, headers: httpx.Headers | None = None
+        self, status: int, content: bytes, headers: Mapping[str, str] | None = None
     ) -> GatewayError:
         """Client errors keep the engine's message and param; server errors name the backend;
         a 429 (the upstream's own limit) is an overload, with the upstream's Retry-After."""
