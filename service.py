@@ -56,14 +56,12 @@ def gateway_config() -> dict[str, Any]:
     pipeline writes one line per request, with its request id and key), and so is its
     OpenTelemetry middleware for the gateway's routes unless `log.trace_requests` (settings.py)."""
     settings = get_settings()
-    config: dict[str, Any] = {
+    return {
         "traffic": {"timeout": 3600},
         "workers": settings.gateway.workers,
         "logging": {"access": {"enabled": False}},
+        **settings.log.bentoml_tracing(),
     }
-    if not settings.log.trace_requests:
-        config["tracing"] = {"excluded_urls": [".*"]}  # every URL: a regex searched in it
-    return config
 
 
 @bentoml.asgi_app(app, path="/")

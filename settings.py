@@ -278,12 +278,17 @@ class LogSettings(_Section):
     access_log: bool = True  # one line per finished /v1 and /v2 request
     format: Literal["json", "text"] = "json"
     request_id_header: str = "X-Request-Id"
-    # BentoML's OpenTelemetry spans for the gateway's requests: one per request and one per
-    # response chunk, made even when no trace is sampled (BentoML's default sample rate is 0), at
-    # about a quarter of the gateway's CPU on a stream (bench/gateway.py). Off, the gateway's own
-    # access log and request ids cover each request; on, with BentoML's `tracing:` configured
-    # (exporter_type, sample_rate), its requests are traced like any BentoML service's.
+    # BentoML's OpenTelemetry spans for the gateway's and the LLM service's requests: one per
+    # request and one per response chunk, made even when no trace is sampled (BentoML's default
+    # sample rate is 0), at about a quarter of the gateway's CPU on a stream (bench/gateway.py).
+    # Off, the gateway's own access log and request ids cover each request; on, with BentoML's
+    # `tracing:` configured (exporter_type, sample_rate), they are traced like any BentoML service.
     trace_requests: bool = False
+
+    def bentoml_tracing(self) -> dict[str, Any]:
+        """The `tracing` part of a streaming service's BentoML config: with `trace_requests` off,
+        BentoML's OpenTelemetry middleware skips every URL (a regex searched in each)."""
+        return {} if self.trace_requests else {"tracing": {"excluded_urls": [".*"]}}
 
 
 class Settings(_Section):

@@ -71,6 +71,7 @@ def served_name(settings: LLMSettings) -> str:
     http={"proxy_port": SETTINGS.port},
     traffic={"timeout": 3600},  # long streams must not be cut
     workers=1,
+    **get_settings().log.bentoml_tracing(),  # no span per relayed chunk unless log.trace_requests
 )
 class LLM:
     model = bentoml.models.BentoModel(SETTINGS.model)
