@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.gateway --concurrency 1 16 --rounds 1 --requests 20   # a smoke run
     .venv/bin/python -m bench.gateway --out bench/results/gateway-$(date +%Y%m%d-%H%M%S)
 
-It starts three servers and measures three paths to the same engine:
+It starts four servers and measures four paths to the same engine:
 
     direct    the deterministic upstream (tests/servers/upstream.py): 5 ms prefill, 5 ms per token,
               64 tokens, SSE chunks in vLLM's format with usage; it costs far less than what it
@@ -16,8 +16,12 @@ It starts three servers and measures three paths to the same engine:
               scripts/litellm-env from requirements/litellm.lock) routing `fixed-llm` to the
               same upstream as an OpenAI-compatible provider; no master key, no database, no
               callbacks, telemetry off, the local model cost map
+    llm-hop   the LLM service's own hop alone (bench/llm_hop.py): BentoML's reverse proxy for a
+              service with a custom command, configured as runners/llm.py configures it, in front
+              of the upstream; a bundled stream crosses it after the gateway
 
-Both proxies run one worker process (`--proxy-workers`). The same client measures every path, in
+The gateway and LiteLLM run one worker process (`--proxy-workers`); llm-hop one, as the LLM
+service does. The same client measures every path, in
 interleaved rounds (each round rotates the order of the paths), at each concurrency level: one
 asyncio task per load worker, each with its own `httpx.AsyncClient` holding one connection (a
 shared pool was seen to hold requests back), each sending streaming chat completions (64 tokens,
@@ -34,8 +38,7 @@ each proxy adds.
 Output: a markdown table for streaming and one for non-streaming on stdout, and in `--out`
 (default /tmp/bench-results/gateway-<timestamp>) `report.md` (the tables and the setup),
 `results.json` (every window), the two proxies' configs, and PNG plots (TTFT p50/p99 against
-concurrency, chunks/s against concurrency, one line per path) when matplotlib imports in .venv;
-it is not in the lock, so without it the plots are skipped with a message and the rest is written.
+concurrency, chunks/s against concurrency, one line per path; matplotlib is in the dev lock).
 
 The same command runs unchanged on a GPU machine: every process it starts is a CPU process (the
 upstream stands in for the engine, and RemoteGateway loads no runner), so it measures the proxies'
@@ -82,8 +85,8 @@ from tests.servers.upstream import upstream_process
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = ROOT / ".venv-litellm"
 MODEL = "fixed-llm"
-PATHS = ("direct", "gateway", "litellm")
-PROXIES = ("gateway", "litellm")
+PATHS = ("direct", "gateway", "litellm", "llm-hop")
+PROXIES = ("gateway", "litellm", "llm-hop")
 PREFILL_MS, TOKEN_MS, TOKENS = 5.0, 5.0, 64
 READ_TIMEOUT_S = 60.0
 TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=10.0)
@@ -140,6 +143,28 @@ def gateway_process(
         env={
             "BUNDLE_CONFIG": str(path),
             "BENTOML_HOME": str(isolated_home(directory)),
+            "CUDA_VISIBLE_DEVICES": "",
+        },
+        cwd=ROOT,
+        timeout_s=300,
+    )
+
+
+def llm_hop_process(upstream_url: str, directory: Path) -> ServerProcess:
+    """The LLM service's BentoML proxy hop alone, before the upstream (bench/llm_hop.py)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "bentoml", "serve", "bench.llm_hop:LLMHop",
+               "--port", str(port), "--host", "127.0.0.1"]  # fmt: skip
+    return ServerProcess(
+        "bench-llm-hop",
+        command,
+        ready=http_ok(f"{url}/readyz"),
+        url=url,
+        fatal_log_lines=["Application startup failed"],
+        env={
+            "LLM_HOP_UPSTREAM_PORT": upstream_url.rsplit(":", 1)[1],
+            "BENTOML_HOME": str(isolated_home(directory / "llm-hop")),
             "CUDA_VISIBLE_DEVICES": "",
         },
         cwd=ROOT,
@@ -584,7 +609,7 @@ def plot(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib does not import in this venv (it is not in the lock): no plots written")
+        print("matplotlib does not import in this venv (scripts/setup installs it): no plots")
         return []
     written = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -726,6 +751,7 @@ def main() -> None:
     versions = {
         "python": platform.python_version(),
         "bentoml": importlib.metadata.version("bentoml"),
+        "aiohttp": importlib.metadata.version("aiohttp"),
         "httpx": importlib.metadata.version("httpx"),
     }
     if "litellm" in paths:
@@ -741,6 +767,8 @@ def main() -> None:
         )
     if "litellm" in paths:
         servers["litellm"] = litellm_process(upstream.url, directory, workers=args.proxy_workers)
+    if "llm-hop" in paths:
+        servers["llm-hop"] = llm_hop_process(upstream.url, directory)
     for name in ("gateway-routes.yaml", "litellm.yaml"):
         if (directory / name).exists():
             shutil.copy(directory / name, out / name)
