@@ -209,13 +209,23 @@ def test_each_service_has_a_deployment_and_a_service(objects: Objects) -> None:
         assert selects(deployment["spec"]["selector"]["matchLabels"], labels)
         service = objects.service(name)
         assert selects(service["spec"]["selector"], labels), f"Service {name} misses its pods"
-        (svc_port,) = service["spec"]["ports"]
+        svc_port = service["spec"]["ports"][0]
         assert svc_port["targetPort"] in ("http", port(container(deployment)))
         # the headless twin Prometheus resolves to every pod (deploy/prometheus/prometheus.yml)
         metrics = objects.service(f"{name}-metrics")
         assert metrics["spec"]["clusterIP"] == "None"
         assert metrics["spec"]["publishNotReadyAddresses"] is True
         assert selects(metrics["spec"]["selector"], labels)
+
+
+def test_the_gateway_serves_kserve_grpc_on_its_service(objects: Objects) -> None:
+    """gateway.grpc_port is a named container port, and the Service forwards it."""
+    grpc_port = objects.settings("gateway").gateway.grpc_port
+    assert grpc_port is not None
+    ports = {p["name"]: p for p in container(objects.deployment("gateway"))["ports"]}
+    assert ports["grpc"]["containerPort"] == grpc_port
+    service_ports = {p["name"]: p for p in objects.service("gateway")["spec"]["ports"]}
+    assert service_ports["grpc"]["targetPort"] == "grpc"
 
 
 def start_http_server_params(args: list[str]) -> dict[str, Any]:
