@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -74,8 +75,12 @@ class Drain:
         self.final_grace_s = 5.0
         self.quiet_s = 0.0
         self.started_at: float | None = None
+        # Work this worker does not count itself: the LLM service sets it to its engine's own
+        # count, as the gateway may send requests to the engine's port directly.
+        self.busy: Callable[[], Awaitable[bool]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_activity = time.monotonic()
+        self._next_probe = 0.0
 
     def started(self) -> None:
         self.inflight += 1
@@ -104,7 +109,9 @@ class Drain:
     async def _drain(self, server: Any) -> None:
         assert self.started_at is not None
         deadline = self.started_at + self.timeout_s
-        while not self._settled() and time.monotonic() < deadline and not self.past_deadline:  # noqa: ASYNC110
+        while time.monotonic() < deadline and not self.past_deadline:
+            if self._settled() and not await self._busy():
+                break
             await asyncio.sleep(0.05)
         if self.inflight:
             self.past_deadline = True
@@ -119,6 +126,21 @@ class Drain:
 
     def _settled(self) -> bool:
         return self.inflight == 0 and time.monotonic() - self._last_activity >= self.quiet_s
+
+    async def _busy(self) -> bool:
+        """`busy()`, asked at most twice a second; a probe that fails or hangs says idle (an
+        engine that does not answer has nothing left to finish)."""
+        if self.busy is None:
+            return False
+        now = time.monotonic()
+        if now < self._next_probe:
+            return True
+        self._next_probe = now + 0.5
+        try:
+            return await asyncio.wait_for(self.busy(), 2.0)
+        except Exception as exc:
+            log.warning("drain: the busy probe failed (%s); taking it as idle", exc)
+            return False
 
 
 DRAIN = Drain()

@@ -51,6 +51,12 @@ class LLMSettings(_Section):
     extra_args: list[str] = []
     startup_timeout_s: float = Field(600, gt=0)
     shutdown_timeout_s: int = Field(10, ge=0)  # vLLM --shutdown-timeout: its own drain, last
+    # The gateway sends LLM requests straight to vLLM's port when the LLM service runs on its host
+    # (`bentoml serve`, the image, compose), past the service's BentoML proxy, a second relay as
+    # costly per chunk as the gateway (bench.gateway, path llm-hop). Health checks, restarts and
+    # the drain stay with the service. In a pod of its own (Kubernetes, BentoCloud) the service's
+    # proxy is the way in. False: always through the service.
+    engine_direct: bool = True
 
 
 class VisionSettings(_Section):

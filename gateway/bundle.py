@@ -3,6 +3,7 @@ remote backends and models of the `routing:` configuration."""
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 from contract.names import EMBED, LLM, SPEECH, VISION
@@ -27,14 +28,33 @@ def dependency_url(dependency: Any) -> str:
     return str(dependency.url)
 
 
+def engine_url(settings: Settings, llm_url: str) -> str:
+    """Where the bundled LLM's requests go: vLLM's own port when the LLM service is on this host
+    (its URL a loopback address or a socket file) and `llm.engine_direct`, else the service."""
+    parts = urllib.parse.urlsplit(llm_url)
+    local = parts.scheme in ("file", "unix") or parts.hostname in LOOPBACK
+    if settings.llm.engine_direct and local:
+        return f"http://127.0.0.1:{settings.llm.port}"
+    return llm_url
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def bundled_router(
     settings: Settings, *, llm_url: str, vision: Any, speech: Any, embed: Any
 ) -> Router:
     """A router over the four bundled runners and the configured remote backends."""
     check_routing(settings)  # before any client is made
+    timeout_s = settings.gateway.timeout_s
+    service = make_client(llm_url, timeout_s=timeout_s)
+    engine = engine_url(settings, llm_url)
     adapters: dict[str, InferenceAdapter] = {
         LLM: OpenAIAdapter(
-            LLM, make_client(llm_url, timeout_s=settings.gateway.timeout_s), health_path="/readyz"
+            LLM,
+            service if engine == llm_url else make_client(engine, timeout_s=timeout_s),
+            health=service,  # the service's /readyz: its own check of the engine
+            health_path="/readyz",
         ),
         VISION: PixelTensorAdapter(VisionRunnerAdapter(VISION, vision)),
         SPEECH: TranscriptTensorAdapter(  # /v1/audio as it is, and audio files as /v2 tensors

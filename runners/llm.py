@@ -80,6 +80,9 @@ class LLM:
         die_with_parent()
         drain_runner(get_settings().drain)
         self._probe = httpx.AsyncClient(base_url=f"http://127.0.0.1:{SETTINGS.port}", timeout=2)
+        # The gateway on this host streams from the engine's port directly (llm.engine_direct),
+        # so this worker's drain waits for the engine's own requests, not only its own.
+        DRAIN.busy = self._engine_busy
         self._watch = asyncio.get_running_loop().create_task(watch_supervisor())
 
     def __command__(self) -> list[str]:
@@ -108,10 +111,26 @@ class LLM:
             return False
         return r.status_code == 200
 
+    async def _engine_busy(self) -> bool:
+        r = await self._probe.get("/metrics")
+        return engine_requests(r.text) > 0
+
     @bentoml.on_shutdown
     async def _close(self) -> None:
         self._watch.cancel()
         await self._probe.aclose()
+
+
+ENGINE_QUEUES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+def engine_requests(metrics: str) -> float:
+    """Requests vLLM runs or queues, from its Prometheus text (/metrics)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.partition("{")[0].partition(" ")[0] in ENGINE_QUEUES:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def supervisor_running() -> bool:

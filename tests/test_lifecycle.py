@@ -118,6 +118,42 @@ async def test_a_request_that_finishes_lets_the_worker_stop_before_the_deadline(
     assert server.should_exit and not drain.past_deadline
 
 
+async def test_work_the_worker_does_not_count_holds_the_drain_until_it_is_done(
+    drain: Drain,
+) -> None:
+    """The LLM service: the engine's own requests (`busy`), which the gateway may send to the
+    engine's port directly, keep its worker up; a probe that fails says idle."""
+    server = FakeServer()
+    drain.timeout_s = 30
+    engine = {"busy": True, "asked": 0}
+
+    async def busy() -> bool:
+        engine["asked"] += 1
+        return engine["busy"]
+
+    drain.busy = busy
+    drain.begin(server)
+    await asyncio.sleep(0.8)
+    assert not server.should_exit
+    assert 1 <= engine["asked"] <= 3  # at most twice a second
+    engine["busy"] = False
+    await asyncio.wait_for(drain._task, 5)  # type: ignore[arg-type]
+    assert server.should_exit and not drain.past_deadline
+
+
+async def test_a_busy_probe_that_fails_does_not_hold_the_drain(drain: Drain) -> None:
+    server = FakeServer()
+    drain.timeout_s = 30
+
+    async def broken() -> bool:
+        raise ConnectionRefusedError("engine gone")
+
+    drain.busy = broken
+    drain.begin(server)
+    await asyncio.wait_for(drain._task, 5)  # type: ignore[arg-type]
+    assert server.should_exit and not drain.past_deadline
+
+
 async def test_a_second_signal_goes_straight_to_the_deadline(drain: Drain) -> None:
     server = FakeServer()
     drain.timeout_s, drain.final_grace_s = 30, 0.1

@@ -93,10 +93,12 @@ class OpenAIAdapter:
         client: UpstreamClient,
         *,
         api_key: str | None = None,
+        health: UpstreamClient | None = None,
         health_path: str = "/health",
     ) -> None:
         self.name = name
         self._client = client
+        self._health = health or client  # the bundled engine: checked through its service
         # The bundled engine's BentoML service answers /readyz itself (its own check of vLLM);
         # its /health would be proxied to vLLM and log an error while vLLM boots.
         self._health_path = health_path
@@ -159,8 +161,8 @@ class OpenAIAdapter:
 
     async def health(self) -> bool:
         try:
-            async with self._client.session.get(
-                self._client.url(self._health_path), timeout=aiohttp.ClientTimeout(total=2.0)
+            async with self._health.session.get(
+                self._health.url(self._health_path), timeout=aiohttp.ClientTimeout(total=2.0)
             ) as r:
                 return r.status == 200
         except (aiohttp.ClientError, TimeoutError):
@@ -168,6 +170,8 @@ class OpenAIAdapter:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._health is not self._client:
+            await self._health.aclose()
 
     def _upstream_error(
         self, status: int, content: bytes, headers: Mapping[str, str] | None = None

@@ -513,3 +513,18 @@ async def test_a_finished_stream_gives_its_connection_back_to_the_pool() -> None
             assert await collect(adapter, chat()) == [b"data: [DONE]\n\n"]
 
     assert len(set(ports)) == 1  # one connection, reused
+
+
+async def test_a_health_client_of_its_own_is_asked_instead_of_the_engine() -> None:
+    """The bundled engine: traffic to vLLM's port, health from its service's /readyz."""
+
+    async def service(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ready" if request.path == "/readyz" else "no", status=200)
+
+    async def down(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=503)
+
+    async with serving(service) as (svc, _), serving(down) as (engine, _):
+        both = OpenAIAdapter(BACKEND, engine._client, health=svc._client, health_path="/readyz")
+        assert await both.health()
+        assert not await engine.health()

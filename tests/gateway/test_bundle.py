@@ -1,0 +1,26 @@
+"""Where the gateway sends the bundled LLM's requests (gateway/bundle.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.bundle import engine_url
+from settings import Settings
+
+
+@pytest.mark.parametrize(
+    "service",
+    ["tcp://127.0.0.1:41234", "http://localhost:41234", "file:///tmp/bentoml/llm.sock"],
+)
+def test_a_service_on_this_host_means_its_engine_port_directly(service: str) -> None:
+    settings = Settings.model_validate({"llm": {"port": 8123}})
+    assert engine_url(settings, service) == "http://127.0.0.1:8123"
+
+
+def test_a_service_in_its_own_pod_is_the_way_in() -> None:
+    assert engine_url(Settings(), "http://llm:3000") == "http://llm:3000"
+
+
+def test_engine_direct_off_always_goes_through_the_service() -> None:
+    settings = Settings.model_validate({"llm": {"engine_direct": False}})
+    assert engine_url(settings, "tcp://127.0.0.1:41234") == "tcp://127.0.0.1:41234"

@@ -1,0 +1,26 @@
+"""The LLM service's own logic that needs no engine: reading vLLM's request counts."""
+
+from __future__ import annotations
+
+from runners.llm import engine_requests
+
+METRICS = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="demo-llm"} 2.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="demo-llm"} 1.0
+vllm:num_requests_waiting_by_reason{engine="0",reason="capacity"} 5.0
+vllm:num_requests_running_total 9.0
+"""
+
+
+def test_engine_requests_are_running_plus_waiting() -> None:
+    assert engine_requests(METRICS) == 3.0
+
+
+def test_an_idle_engine_has_none() -> None:
+    idle = METRICS.replace("} 2.0", "} 0.0").replace("} 1.0", "} 0.0")
+    assert engine_requests(idle) == 0.0
+    assert engine_requests("") == 0.0
