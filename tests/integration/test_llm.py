@@ -246,9 +246,9 @@ def settled(bundle_url: str, name: str, timeout_s: float = 30.0) -> float:
 
 
 def test_client_disconnect_aborts_the_generation_upstream(bundle_url: str) -> None:
-    """Up to three tries: through BentoML's proxy in the LLM service the abort sometimes arrives
-    after the engine finished (seen in CI; the gateway's own hop closes upstream in ~40 ms, as
-    a RemoteGateway in front of a deterministic upstream shows). Never aborting fails."""
+    """Up to three tries, as through the LLM service's BentoML proxy the abort sometimes arrived
+    after the engine finished (the gateway now streams from vLLM's port directly on one host, and
+    closes its connection at once). Never aborting fails."""
     max_tokens = 1000
     generated = []
     for _ in range(3):
