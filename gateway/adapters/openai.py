@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -51,7 +52,7 @@ class UpstreamClient:
     def __init__(self, url: str, *, timeout_s: float, max_connections: int = 512) -> None:
         self.timeout_s = timeout_s
         self._socket: str | None = None
-        self._trust_env = False  # BentoML's own wiring (sockets, tcp://) never takes a proxy
+        self._proxy: str | None = None  # BentoML's own wiring (sockets, tcp://) takes none
         if url.startswith(("file://", "unix://")):
             self._socket = urllib.parse.unquote(urllib.parse.urlparse(url).path)
             self.base = "http://localhost"
@@ -59,7 +60,7 @@ class UpstreamClient:
             self.base = "http://" + url.removeprefix("tcp://").rstrip("/")
         else:
             self.base = url.rstrip("/")
-            self._trust_env = True  # HTTP(S)_PROXY and NO_PROXY, as httpx and requests read them
+            self._proxy = env_proxy(self.base)
         # connect: 5 s; then `timeout_s` at most between two reads (a stream's next chunk)
         self._timeout = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=timeout_s)
         self._max_connections = max_connections
@@ -74,7 +75,7 @@ class UpstreamClient:
             else:
                 connector = aiohttp.TCPConnector(limit=self._max_connections)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, trust_env=self._trust_env
+                connector=connector, timeout=self._timeout, proxy=self._proxy
             )
         return self._session
 
@@ -84,6 +85,16 @@ class UpstreamClient:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy HTTP(S)_PROXY names for `url` unless NO_PROXY exempts it, as httpx and requests
+    read them, read once. (aiohttp's own `trust_env` reads the environment and ~/.netrc again on
+    every request, in a thread: a fifth of the gateway's CPU at c=64, profiled.)"""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(urllib.parse.urlsplit(url).scheme)
 
 
 class OpenAIAdapter:

@@ -528,3 +528,19 @@ async def test_a_health_client_of_its_own_is_asked_instead_of_the_engine() -> No
         both = OpenAIAdapter(BACKEND, engine._client, health=svc._client, health_path="/readyz")
         assert await both.health()
         assert not await engine.health()
+
+
+def test_the_environments_proxy_is_read_once_and_no_proxy_is_honoured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.adapters.openai import env_proxy
+
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_proxy("http://vllm:8000") is None
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1,.cluster.local")
+    assert env_proxy("http://vllm.example.com:8000") == "http://proxy.corp:3128"
+    assert env_proxy("http://vllm.ns.svc.cluster.local:8000") is None
+    assert env_proxy("http://127.0.0.1:8000") is None
+    assert env_proxy("https://api.example.com") is None  # no HTTPS_PROXY set
