@@ -130,41 +130,34 @@ def gateway_process(
     }
     path = directory / "gateway-routes.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "bentoml", "serve", "service:RemoteGateway",
-               "--port", str(port), "--host", "127.0.0.1"]  # fmt: skip
-    return ServerProcess(
-        "bench-gateway",
-        command,
-        ready=http_ok(f"{url}/readyz"),
-        url=url,
-        fatal_log_lines=["Application startup failed"],
-        env={
-            "BUNDLE_CONFIG": str(path),
-            "BENTOML_HOME": str(isolated_home(directory)),
-            "CUDA_VISIBLE_DEVICES": "",
-        },
-        cwd=ROOT,
-        timeout_s=300,
+    return bentoml_serve(
+        "bench-gateway", "service:RemoteGateway", directory, BUNDLE_CONFIG=str(path)
     )
 
 
 def llm_hop_process(upstream_url: str, directory: Path) -> ServerProcess:
     """The LLM service's BentoML proxy hop alone, before the upstream (bench/llm_hop.py)."""
+    port = upstream_url.rsplit(":", 1)[1]
+    return bentoml_serve(
+        "bench-llm-hop", "bench.llm_hop:LLMHop", directory / "llm-hop", LLM_HOP_UPSTREAM_PORT=port
+    )
+
+
+def bentoml_serve(name: str, target: str, directory: Path, **env: str) -> ServerProcess:
+    """`bentoml serve TARGET` on a free port with a BENTOML_HOME of its own, on CPU."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "bentoml", "serve", "bench.llm_hop:LLMHop",
+    command = [sys.executable, "-m", "bentoml", "serve", target,
                "--port", str(port), "--host", "127.0.0.1"]  # fmt: skip
     return ServerProcess(
-        "bench-llm-hop",
+        name,
         command,
         ready=http_ok(f"{url}/readyz"),
         url=url,
         fatal_log_lines=["Application startup failed"],
         env={
-            "LLM_HOP_UPSTREAM_PORT": upstream_url.rsplit(":", 1)[1],
-            "BENTOML_HOME": str(isolated_home(directory / "llm-hop")),
+            **env,
+            "BENTOML_HOME": str(isolated_home(directory)),
             "CUDA_VISIBLE_DEVICES": "",
         },
         cwd=ROOT,
