@@ -28,6 +28,9 @@ def dependency_url(dependency: Any) -> str:
     return str(dependency.url)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def engine_url(settings: Settings, llm_url: str) -> str:
     """Where the bundled LLM's requests go: vLLM's own port when the LLM service is on this host
     (its URL a loopback address or a socket file) and `llm.engine_direct`, else the service."""
@@ -36,9 +39,6 @@ def engine_url(settings: Settings, llm_url: str) -> str:
     if settings.llm.engine_direct and local:
         return f"http://127.0.0.1:{settings.llm.port}"
     return llm_url
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def bundled_router(

@@ -21,6 +21,7 @@ from typing import Any
 
 import bentoml
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from contract.names import LLM as NAME
 from contract.names import model_name
@@ -126,11 +127,12 @@ ENGINE_QUEUES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 
 def engine_requests(metrics: str) -> float:
     """Requests vLLM runs or queues, from its Prometheus text (/metrics)."""
-    total = 0.0
-    for line in metrics.splitlines():
-        if line.partition("{")[0].partition(" ")[0] in ENGINE_QUEUES:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name in ENGINE_QUEUES
+    )
 
 
 def supervisor_running() -> bool:

@@ -91,10 +91,10 @@ def env_proxy(url: str) -> str | None:
     """The proxy HTTP(S)_PROXY names for `url` unless NO_PROXY exempts it, as httpx and requests
     read them, read once. (aiohttp's own `trust_env` reads the environment and ~/.netrc again on
     every request, in a thread: a fifth of the gateway's CPU at c=64, profiled.)"""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if urllib.request.proxy_bypass(host):
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
         return None
-    return urllib.request.getproxies().get(urllib.parse.urlsplit(url).scheme)
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 class OpenAIAdapter:
