@@ -36,6 +36,11 @@ class LLMSettings(_Section):
     model: str = "demo-llm"
     served_name: str | None = None  # defaults to the model tag's name
     port: int = Field(8100, ge=1, le=65535)  # vLLM's own HTTP port inside the LLM service
+    # The interface vLLM listens on: loopback, or every interface where a gateway in another pod
+    # reaches it directly (engine_url). Loopback is always included: the service's proxy and
+    # probes use it. vLLM's port takes requests that pass by the gateway's keys: let only the
+    # gateway reach it (deploy/kubernetes/base/network-policies.yaml).
+    host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1"
     command: list[str] = ["{python}", "-m", "vllm.entrypoints.openai.api_server"]
     max_model_len: int | None = Field(None, ge=16)
     dtype: str = "auto"
@@ -51,12 +56,15 @@ class LLMSettings(_Section):
     extra_args: list[str] = []
     startup_timeout_s: float = Field(600, gt=0)
     shutdown_timeout_s: int = Field(10, ge=0)  # vLLM --shutdown-timeout: its own drain, last
-    # The gateway sends LLM requests straight to vLLM's port when the LLM service runs on its host
-    # (`bentoml serve`, the image, compose), past the service's BentoML proxy, a second relay as
-    # costly per chunk as the gateway (bench.gateway, path llm-hop). Health checks, restarts and
-    # the drain stay with the service. In a pod of its own (Kubernetes, BentoCloud) the service's
-    # proxy is the way in. False: always through the service.
+    # The gateway sends LLM requests straight to vLLM's port, past the LLM service's BentoML
+    # proxy, a second relay as costly per chunk as the gateway (bench.gateway, path llm-hop):
+    # at `engine_url` when set (Kubernetes: http://llm:8100, the llm Service's engine port), else
+    # at 127.0.0.1:port when the LLM service runs on the gateway's host (`bentoml serve`, the
+    # image, compose). Health checks, restarts and the drain stay with the service. Elsewhere
+    # (BentoCloud: one port per service) the service's proxy is the way in. engine_direct false:
+    # always through the service.
     engine_direct: bool = True
+    engine_url: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$")
 
 
 class VisionSettings(_Section):

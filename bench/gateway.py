@@ -19,6 +19,8 @@ It starts four servers and measures four paths to the same engine:
     llm-hop   the LLM service's own hop alone (bench/llm_hop.py): BentoML's reverse proxy for a
               service with a custom command, configured as runners/llm.py configures it, in front
               of the upstream; a bundled stream crosses it after the gateway
+    tcp-relay the floor (bench/tcp_relay.py): a uvloop byte pipe, one socket write per socket
+              read, no HTTP; no relay written in Python can cost less per chunk
 
 The gateway and LiteLLM run one worker process (`--proxy-workers`); llm-hop one, as the LLM
 service does. The same client measures every path, in
@@ -85,8 +87,8 @@ from tests.servers.upstream import upstream_process
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = ROOT / ".venv-litellm"
 MODEL = "fixed-llm"
-PATHS = ("direct", "gateway", "litellm", "llm-hop")
-PROXIES = ("gateway", "litellm", "llm-hop")
+PATHS = ("direct", "gateway", "litellm", "llm-hop", "tcp-relay")
+PROXIES = ("gateway", "litellm", "llm-hop", "tcp-relay")
 PREFILL_MS, TOKEN_MS, TOKENS = 5.0, 5.0, 64
 READ_TIMEOUT_S = 60.0
 TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=10.0)
@@ -132,6 +134,16 @@ def gateway_process(
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return bentoml_serve(
         "bench-gateway", "service:RemoteGateway", directory, BUNDLE_CONFIG=str(path)
+    )
+
+
+def tcp_relay_process(upstream_url: str) -> ServerProcess:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    upstream = upstream_url.removeprefix("http://")
+    command = [sys.executable, "-m", "bench.tcp_relay", "--port", str(port), "--upstream", upstream]
+    return ServerProcess(
+        "bench-tcp-relay", command, ready=http_ok(f"{url}/health"), url=url, cwd=ROOT
     )
 
 
@@ -762,6 +774,8 @@ def main() -> None:
         servers["litellm"] = litellm_process(upstream.url, directory, workers=args.proxy_workers)
     if "llm-hop" in paths:
         servers["llm-hop"] = llm_hop_process(upstream.url, directory)
+    if "tcp-relay" in paths:
+        servers["tcp-relay"] = tcp_relay_process(upstream.url)
     for name in ("gateway-routes.yaml", "litellm.yaml"):
         if (directory / name).exists():
             shutil.copy(directory / name, out / name)

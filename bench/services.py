@@ -10,6 +10,7 @@ import bentoml
 
 from contract.names import model_name
 from gateway.adapters.base import InferenceAdapter
+from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.app import create_app, install
 from gateway.registry import Registry, Route
@@ -35,7 +36,8 @@ class MediaGateway:
             Route(speech, "speech", "speech", speech),
         ]
         adapters: dict[str, InferenceAdapter] = {
-            "vision": VisionRunnerAdapter("vision", self.vision),
+            # as gateway/bundle.py wires it: image files on /v1, KServe V2 tensors on /v2
+            "vision": PixelTensorAdapter(VisionRunnerAdapter("vision", self.vision)),
             "speech": SpeechRunnerAdapter("speech", self.speech),
         }
         install(app, settings=settings, router=Router(Registry(routes), adapters))

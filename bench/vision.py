@@ -10,9 +10,18 @@
    without vLLM) with batching on, then off, and sends requests through the gateway's HTTP
    routes at concurrency 1, 8 and 32 (after sequential warm-up requests that also run through
    the training phase of BentoML's dispatcher).
-4. Prints one table: throughput and p50/p99 latency of the successful requests, the mean batch
-   the runner formed, the requests BentoML shed (503: it expected them to miss max_latency_ms),
-   and ratios to the raw forward and to the unbatched service.
+4. With batching on, the peer: a real Triton Inference Server (PyTriton's `tritonserver`, in
+   .venv-triton-bench made by `scripts/triton-env --bench`; bench/triton_resnet.py) serving the
+   same ResNet-50 (traced to TorchScript from the same stored weights) with its dynamic batcher
+   and the same max batch size. The same client sends both the same KServe V2 request, one
+   preprocessed float32 (1, 3, 224, 224) tensor with the binary tensor extension, to the
+   gateway's `/v2/models/<m>/infer` and to Triton's, alternating which goes first per level.
+   Each server's "vs raw" divides by the forward it runs, measured around its window: eager
+   PyTorch for the runner, the TorchScript module for Triton (the raw rows show both).
+   `--no-triton` skips it.
+5. Prints one table: throughput and p50/p99 latency of the successful requests, the mean batch
+   the runner (or Triton) formed, the requests BentoML shed (503: it expected them to miss
+   max_latency_ms), and ratios to the raw forward, to the unbatched service and to Triton.
 
 Other processes may share the CPU, so each served level is compared with the raw forward at its
 best batch size measured right before and right after it (the mean of the two), not with the
@@ -25,8 +34,10 @@ import argparse
 import asyncio
 import functools
 import io
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -129,6 +140,31 @@ def send_audio(model: str) -> Send:
     def send(client: httpx.AsyncClient, url: str) -> Awaitable[httpx.Response]:
         files = {"file": ("clip.wav", data, "audio/wav")}
         return client.post(f"{url}/v1/audio/transcriptions", files=files, data={"model": model})
+
+    return send
+
+
+def send_tensor(model: str) -> Send:
+    """One preprocessed image as a KServe V2 infer request, the tensor in binary (the extension
+    tritonclient uses), the output asked for in binary too: the same bytes to either server."""
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    header = json.dumps(
+        {
+            "inputs": [{
+                "name": "pixel_values", "shape": list(pixels.shape), "datatype": "FP32",
+                "parameters": {"binary_data_size": pixels.nbytes},
+            }],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()  # fmt: skip
+    body = header + pixels.tobytes()
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+
+    def send(client: httpx.AsyncClient, url: str) -> Awaitable[httpx.Response]:
+        return client.post(f"{url}/v2/models/{model}/infer", content=body, headers=headers)
 
     return send
 
@@ -301,23 +337,157 @@ def _section(settings: Any, model: str, batching: bool, max_batch: int) -> dict[
     }
 
 
+# --- the peer: Triton serving the same ResNet-50 over KServe V2 ---------------------------------
+
+TRITON_VENV = ROOT / ".venv-triton-bench"
+TRITON_MODEL = "resnet-50"
+
+
+def trace_resnet(path: Path, out: Path) -> tuple[Path, Callable[[int], object]]:
+    """The stored ResNet-50 traced to TorchScript for Triton, and its raw forward in this process
+    (softmax included, as both servers run it) to compare with the eager one."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(path).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.model(pixel_values=pixel_values, return_dict=False)[0]
+
+    with torch.no_grad():
+        traced = torch.jit.trace(Logits(), torch.zeros(1, 3, 224, 224))
+    traced.save(str(out))
+    net = torch.jit.load(str(out)).eval()
+    pixels = torch.from_numpy(
+        np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
+    )
+
+    def forward(n: int) -> object:
+        with torch.inference_mode():
+            return torch.softmax(net(pixels[:n]), dim=-1).numpy()
+
+    return out, forward
+
+
+def ensure_triton_env() -> None:
+    """scripts/triton-env --bench: idempotent, a second when nothing changed."""
+    command = [str(ROOT / "scripts" / "triton-env"), "--bench"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"scripts/triton-env --bench failed:\n{result.stdout}{result.stderr}")
+
+
+@contextmanager
+def triton_served(model_file: Path, max_batch: int) -> Iterator[str]:
+    from tests.servers.process import ServerProcess, free_port, http_ok
+
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    url = f"http://127.0.0.1:{http}"
+    command = [
+        str(TRITON_VENV / "bin" / "python"), str(ROOT / "bench" / "triton_resnet.py"),
+        "--model", str(model_file), "--max-batch-size", str(max(2, max_batch)),
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+    ]  # fmt: skip
+    server = ServerProcess(
+        "bench-triton",
+        command,
+        ready=http_ok(f"{url}/v2/models/{TRITON_MODEL}/ready"),
+        url=url,
+        env={"CUDA_VISIBLE_DEVICES": ""},
+        cwd=ROOT,
+        timeout_s=300,
+    )
+    server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+def triton_totals(url: str) -> tuple[float, float]:
+    """(inferences, executions) Triton has run, from its statistics extension."""
+    stats = httpx.get(f"{url}/v2/models/{TRITON_MODEL}/stats").json()["model_stats"][0]
+    return float(stats["inference_count"]), float(stats["execution_count"])
+
+
+def kserve_rows(
+    workload: Workload, urls: dict[str, str], gateway_model: str, *,
+    budget_ms: int, probes: dict[str, Callable[[], float]],
+) -> list[Row]:  # fmt: skip
+    """The gateway's and Triton's KServe V2 infer at each level, alternating which goes first.
+    Each server's "vs raw" is against the forward it runs: eager for the runner, TorchScript for
+    Triton (`probes`), measured around its window."""
+    sends = {"gateway": send_tensor(gateway_model), "triton": send_tensor(TRITON_MODEL)}
+    paths = {"gateway": "gateway, KServe V2", "triton": "Triton, KServe V2"}
+
+    def totals(name: str) -> tuple[float, float]:
+        return (
+            batch_totals(urls[name], workload.runner)
+            if name == "gateway"
+            else (triton_totals(urls[name]))
+        )
+
+    for name in sends:
+        asyncio.run(load(sends[name], urls[name], 1, workload.warmup))
+    rows = []
+    for i, concurrency in enumerate(CONCURRENCY):
+        n = workload.requests[concurrency]
+        for name in ("gateway", "triton") if i % 2 == 0 else ("triton", "gateway"):
+            probe = probes[name]
+            before = probe()
+            items0, batches0 = totals(name)
+            rate, latencies, failures = asyncio.run(load(sends[name], urls[name], concurrency, n))
+            items1, batches1 = totals(name)
+            raw = (before + probe()) / 2
+            shed = failures.pop(503, 0)
+            p50, p99 = np.percentile(np.array(latencies or [np.nan]) * 1000, [50, 99])
+            rows.append(
+                Row(
+                    workload.name, paths[name], workload.unit, rate, concurrency, n, float(p50),
+                    float(p99), (items1 - items0) / max(1.0, batches1 - batches0), shed,
+                    sum(failures.values()), budget_ms if name == "gateway" else None, raw,
+                )
+            )  # fmt: skip
+            print(
+                f"  {paths[name]} c={concurrency}: {rate:.1f} img/s (raw {raw:.1f}), "
+                f"p99 {p99:.0f} ms, {shed} shed (503), other errors {failures or 0}",
+                flush=True,
+            )
+    return rows
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
 def table(rows: list[Row]) -> str:
     """Rows as text; `*` marks the best raw batch size. Served rows' "vs raw" divides by the raw
-    forward at that batch size measured around them (see the module docstring)."""
+    forward at that batch size measured around them (see the module docstring); "vs triton" is
+    the gateway's KServe V2 rate over Triton's at the same concurrency."""
     raw = [r for r in rows if r.concurrency is None]
     best = {m: max(r.per_s for r in raw if r.model == m) for m in {r.model for r in raw}}
     unbatched = {(r.model, r.concurrency): r.per_s for r in rows if r.path.endswith("unbatched")}
+    triton = {(r.model, r.concurrency): r.per_s for r in rows if r.path.startswith("Triton")}
     head = (
         f"{'model':<13}{'path':<24}{'conc':>5}{'reqs':>6}{'rate/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'budget':>8}{'batch':>7}{'shed':>5}{'err':>5}{'vs raw':>8}{'vs unbat':>10}"
+        f"{'vs triton':>11}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         mark = " *" if r.concurrency is None and r.per_s == best[r.model] else ""
-        base = None if r.path.endswith("unbatched") else unbatched.get((r.model, r.concurrency))
+        base = (
+            None
+            if r.path.endswith("unbatched") or "KServe" in r.path
+            else unbatched.get((r.model, r.concurrency))
+        )
+        peer = (
+            triton.get((r.model, r.concurrency)) if r.path.startswith("gateway, KServe") else None
+        )
         served = r.concurrency is not None
         vs_raw = r.per_s / (r.raw_ref or best[r.model])
         cells = [
@@ -328,6 +498,7 @@ def table(rows: list[Row]) -> str:
             f"{_f(r.shed if served else None, 'd'):>5}",
             f"{_f(r.errors if served else None, 'd'):>5}{vs_raw:>8.2f}",
             f"{_f(r.per_s / base if base else None, '.2f'):>10}",
+            f"{_f(r.per_s / peer if peer else None, '.2f'):>11}",
         ]
         lines.append("".join(cells))
     return "\n".join(lines)
@@ -340,8 +511,9 @@ def _f(value: float | int | None, spec: str) -> str:
 # --- main --------------------------------------------------------------------------------------
 
 
-def workloads(home: Path, quick: bool) -> tuple[Workload, Workload, float]:
-    """The two workloads over freshly created bench models, and the preprocessing ms per image."""
+def workloads(home: Path, quick: bool) -> tuple[Workload, Workload, float, Path]:
+    """The two workloads over freshly created bench models, the preprocessing ms per image, and
+    where the ResNet-50 is stored."""
     from bench.models import RESNET50, WHISPER_TINY, create_resnet50, create_whisper_tiny
 
     print("creating models ...", flush=True)
@@ -358,7 +530,7 @@ def workloads(home: Path, quick: bool) -> tuple[Workload, Workload, float]:
     if quick:
         vision = replace(vision, requests={1: 4, 8: 16, 32: 32})
         speech = replace(speech, requests={1: 2, 8: 8, 32: 32})
-    return vision, speech, prep_ms
+    return vision, speech, prep_ms, Path(resnet.path)
 
 
 def main() -> None:
@@ -366,27 +538,43 @@ def main() -> None:
         prog="python -m bench.vision", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="a few requests per level (smoke run)")
+    parser.add_argument(
+        "--triton", action=argparse.BooleanOptionalAction, default=True,
+        help="compare with Triton serving the same ResNet-50 (default; makes .venv-triton-bench)",
+    )  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
     home = Path(tempfile.mkdtemp(prefix="bench-bentoml-"))
     os.environ["BENTOML_HOME"] = str(home)  # before bentoml is imported: a private model store
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        print(table(run(home, quick=args.quick)))
+        print(table(run(home, quick=args.quick, triton=args.triton)))
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; budget: the runner's max_latency_ms")
 
 
-def run(home: Path, *, quick: bool) -> list[Row]:
+def run(home: Path, *, quick: bool, triton: bool) -> list[Row]:
+    from bench.models import RESNET50
+    from contract.names import model_name
     from settings import SpeechSettings, VisionSettings
 
-    vision, speech, prep_ms = workloads(home, quick)
+    if triton:
+        print("scripts/triton-env --bench ...", flush=True)
+        ensure_triton_env()
+    vision, speech, prep_ms, resnet_path = workloads(home, quick)
     print("raw forward ...", flush=True)
     sweep = {w.name: raw_rows(w, min_seconds=2.0 if quick else 5.0) for w in (vision, speech)}
     best = {
         name: int(max(rows, key=lambda r: r.per_s).mean_batch or 1) for name, rows in sweep.items()
     }
+    traced: Path | None = None
+    if triton:
+        traced, scripted = trace_resnet(resnet_path, home / "resnet50.pt")
+        rate = raw_rate(scripted, best[vision.name], min_seconds=2.0 if quick else 5.0)
+        path = f"raw TorchScript, batch {best[vision.name]}"
+        sweep[vision.name].append(Row(vision.name, path, vision.unit, rate))
+        print(f"  {path} (what Triton runs): {rate:.1f} img/s", flush=True)
     budgets = {"vision": VisionSettings().max_latency_ms, "speech": SpeechSettings().max_latency_ms}
     served_by_model: dict[str, list[Row]] = {vision.name: [], speech.name: []}
     for batching, mode in ((True, "batched"), (False, "unbatched")):
@@ -397,6 +585,17 @@ def run(home: Path, *, quick: bool) -> list[Row]:
                 probe = functools.partial(raw_rate, w.forward, best[w.name], min_seconds=1.5)
                 budget = budgets[w.runner] if batching else None
                 served_by_model[w.name] += served_rows(w, url, mode, budget_ms=budget, probe=probe)
+            if batching and traced is not None:
+                print("Triton, same ResNet-50, KServe V2 ...", flush=True)
+                probes = {
+                    name: functools.partial(raw_rate, f, best[vision.name], min_seconds=1.5)
+                    for name, f in (("gateway", vision.forward), ("triton", scripted))
+                }
+                with triton_served(traced, best[vision.name]) as triton_url:
+                    served_by_model[vision.name] += kserve_rows(
+                        vision, {"gateway": url, "triton": triton_url}, model_name(RESNET50),
+                        budget_ms=budgets["vision"], probes=probes,
+                    )  # fmt: skip
     prep = f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG: {prep_ms:.1f} ms"
     print(f"\ngateway preprocessing (decode, resize, crop, normalize) of one {prep}")
     print(f"served max_batch_size = the best raw batch (at least 2): {best}\n")

@@ -153,16 +153,26 @@ def _wide_to_rgb(image: Image.Image) -> Image.Image:
 
 def preprocess(image: Image.Image, pp: Preprocessing) -> np.ndarray:
     """The model input for one RGB image: float32 array of shape (3, crop, crop)."""
+    return normalize(crop(image, pp)[None], pp)[0]
+
+
+def crop(image: Image.Image, pp: Preprocessing) -> np.ndarray:
+    """Resized and center-cropped 8-bit pixels, uint8 (crop, crop, 3): a quarter of the bytes of
+    the float32 model input, which `normalize` makes from it."""
     image = _resize_shortest_edge(image, pp.resize, _RESAMPLE[pp.resample])
-    image = _center_crop(image, pp.crop_size)
-    # (x * rescale - mean) / std as one multiply-add per channel, in place on the CHW copy
+    return np.asarray(_center_crop(image, pp.crop_size))
+
+
+def normalize(pixels: np.ndarray, pp: Preprocessing) -> np.ndarray:
+    """uint8 (N, H, W, 3) crops to the float32 model input (N, 3, H, W)."""
+    # (x * rescale - mean) / std as one multiply-add per channel, in place on the NCHW copy
     std = np.asarray(pp.std, np.float32)
-    scale = (np.float32(pp.rescale_factor) / std).reshape(3, 1, 1)
-    shift = (-np.asarray(pp.mean, np.float32) / std).reshape(3, 1, 1)
-    pixels = np.asarray(image).transpose(2, 0, 1).astype(np.float32)  # a contiguous copy
-    pixels *= scale
-    pixels += shift
-    return pixels
+    scale = (np.float32(pp.rescale_factor) / std).reshape(1, 3, 1, 1)
+    shift = (-np.asarray(pp.mean, np.float32) / std).reshape(1, 3, 1, 1)
+    out = pixels.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # a contiguous copy
+    out *= scale
+    out += shift
+    return out
 
 
 def _resize_shortest_edge(image: Image.Image, size: int, resample: int) -> Image.Image:

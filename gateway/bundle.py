@@ -32,12 +32,17 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def engine_url(settings: Settings, llm_url: str) -> str:
-    """Where the bundled LLM's requests go: vLLM's own port when the LLM service is on this host
-    (its URL a loopback address or a socket file) and `llm.engine_direct`, else the service."""
+    """Where the bundled LLM's requests go, with `llm.engine_direct`: vLLM's port at
+    `llm.engine_url` if set, else on this host when the LLM service is (its URL a loopback
+    address or a socket file); otherwise, and without `engine_direct`, the service."""
+    llm = settings.llm
+    if not llm.engine_direct:
+        return llm_url
+    if llm.engine_url:
+        return llm.engine_url.rstrip("/")
     parts = urllib.parse.urlsplit(llm_url)
-    local = parts.scheme in ("file", "unix") or parts.hostname in LOOPBACK
-    if settings.llm.engine_direct and local:
-        return f"http://127.0.0.1:{settings.llm.port}"
+    if parts.scheme in ("file", "unix") or parts.hostname in LOOPBACK:
+        return f"http://127.0.0.1:{llm.port}"
     return llm_url
 
 

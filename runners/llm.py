@@ -36,7 +36,7 @@ def engine_command(settings: LLMSettings, model_path: str, served_name: str) -> 
     """The command line that starts vLLM's OpenAI server for these settings."""
     cmd = [part.format(python=sys.executable) for part in settings.command]
     cmd += ["--model", model_path, "--served-model-name", served_name]
-    cmd += ["--host", "127.0.0.1", "--port", str(settings.port)]
+    cmd += ["--host", settings.host, "--port", str(settings.port)]
     cmd += ["--dtype", settings.dtype, "--max-num-seqs", str(settings.max_num_seqs)]
     cmd += ["--tensor-parallel-size", str(settings.tensor_parallel_size)]
     if settings.max_model_len:

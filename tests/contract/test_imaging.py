@@ -89,6 +89,18 @@ def test_preprocess_gives_normalized_chw_float32() -> None:
     np.testing.assert_allclose(pixels[:, 100, 100], [2.0, -1.0, 0.5], atol=1e-6)
 
 
+def test_uint8_crops_normalize_to_the_same_model_input() -> None:
+    """crop + normalize (a batch of 8-bit crops, a quarter of the bytes) == preprocess."""
+    pp = Preprocessing(resize=64, crop_size=56)
+    images = [noise_image(seed, (90, 70)) for seed in range(3)]
+    crops = np.stack([imaging.crop(image, pp) for image in images])
+    assert crops.shape == (3, 56, 56, 3) and crops.dtype == np.uint8
+    batch = imaging.normalize(crops, pp)
+    assert batch.shape == (3, 3, 56, 56) and batch.flags.c_contiguous
+    for image, pixels in zip(images, batch, strict=True):
+        np.testing.assert_array_equal(pixels, imaging.preprocess(image, pp))
+
+
 def test_center_crop_keeps_the_middle_after_shortest_edge_resize() -> None:
     image = Image.new("RGB", (512, 256), (255, 0, 0))  # shortest edge 256: no resize needed
     image.paste((0, 0, 255), (16, 16, 496, 240))  # everything but a 16 px frame

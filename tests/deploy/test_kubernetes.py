@@ -228,6 +228,31 @@ def test_the_gateway_serves_kserve_grpc_on_its_service(objects: Objects) -> None
     assert service_ports["grpc"]["targetPort"] == "grpc"
 
 
+def test_the_gateway_reaches_vllm_on_the_llm_services_engine_port(objects: Objects) -> None:
+    """llm.engine_url names the llm Service's engine port, which forwards to vLLM's own port
+    (llm.port) on an interface the pod network reaches (llm.host), and only the gateway may."""
+    llm = objects.settings(LLM).llm
+    assert llm.engine_direct and llm.engine_url and llm.host in ("0.0.0.0", "::")
+    target = urlsplit(llm.engine_url)
+    assert target.hostname == LLM
+    assert port(container(objects.deployment(LLM)), "engine") == llm.port
+    service_ports = {p["name"]: p for p in objects.service(LLM)["spec"]["ports"]}
+    assert service_ports["engine"]["port"] == target.port
+    assert service_ports["engine"]["targetPort"] == "engine"
+    labels = pod_labels(objects.deployment(LLM))
+    gateway = pod_labels(objects.deployment(GATEWAY))
+    (policy,) = [
+        p for p in objects.by_kind["NetworkPolicy"].values()
+        if _selects_pod(p["spec"]["podSelector"], labels)
+    ]  # fmt: skip
+    for rule in policy["spec"]["ingress"]:
+        if any(p["port"] == llm.port for p in rule["ports"]):
+            assert all("namespaceSelector" not in peer for peer in rule["from"])
+            assert all(
+                selects(peer["podSelector"]["matchLabels"], gateway) for peer in rule["from"]
+            )
+
+
 def start_http_server_params(args: list[str]) -> dict[str, Any]:
     """What `bentoml start-http-server` (BentoML 1.4.39's own click command) parses from the
     container's arguments, as the image's entrypoint passes them on (with $BENTO_PATH last)."""

@@ -24,3 +24,18 @@ def test_a_service_in_its_own_pod_is_the_way_in() -> None:
 def test_engine_direct_off_always_goes_through_the_service() -> None:
     settings = Settings.model_validate({"llm": {"engine_direct": False}})
     assert engine_url(settings, "tcp://127.0.0.1:41234") == "tcp://127.0.0.1:41234"
+
+
+def test_an_engine_url_reaches_the_engine_in_another_pod() -> None:
+    settings = Settings.model_validate({"llm": {"engine_url": "http://llm:8100/"}})
+    assert engine_url(settings, "http://llm:3000") == "http://llm:8100"
+    off = Settings.model_validate(
+        {"llm": {"engine_url": "http://llm:8100", "engine_direct": False}}
+    )
+    assert engine_url(off, "http://llm:3000") == "http://llm:3000"
+
+
+@pytest.mark.parametrize("bad", ["llm:8100", "http://llm:8100/v1", "tcp://llm:8100"])
+def test_an_engine_url_is_a_bare_http_origin(bad: str) -> None:
+    with pytest.raises(ValueError, match="engine_url"):
+        Settings.model_validate({"llm": {"engine_url": bad}})

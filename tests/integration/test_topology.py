@@ -11,6 +11,7 @@ placeholder key is replaced by one this test knows.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -67,8 +68,17 @@ def config_map(docs: list[dict[str, Any]], key: str) -> str:
     raise LookupError(key)
 
 
+def host_address() -> str:
+    """An address of this machine other than loopback (the one a default route would use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent for a UDP connect
+        address = str(s.getsockname()[0])
+    assert not address.startswith("127."), address
+    return address
+
+
 @pytest.fixture(scope="module")
-def gateway_url() -> Iterator[str]:
+def urls() -> Iterator[dict[str, str]]:
     docs = rendered()
     services = deployments(docs)
     assert {"gateway", "llm", "vision", "speech"} <= set(services)
@@ -80,6 +90,8 @@ def gateway_url() -> Iterator[str]:
             db = config[section]["storage"].rsplit("/", 1)[-1]
             config[section]["storage"] = f"{redis.url.rsplit('/', 1)[0]}/{db}"
     config.setdefault("llm", {})["port"] = free_port()  # vLLM's own port, inside the llm pod
+    if config["llm"].get("engine_url"):  # the llm Service's engine port: this host's, not loopback
+        config["llm"]["engine_url"] = f"http://{host_address()}:{config['llm']['port']}"
     if config.get("gateway", {}).get("grpc_port"):
         config["gateway"]["grpc_port"] = free_port()
     (work / "bundle.yaml").write_text(yaml.safe_dump(config))
@@ -122,11 +134,16 @@ def gateway_url() -> Iterator[str]:
         )
     try:
         start_together(*(p.start for p in processes), aborts=[p.abort for p in processes])
-        yield f"http://127.0.0.1:{ports['gateway']}"
+        yield {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     finally:
         for process in processes:
             process.stop()
         redis.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway_url(urls: dict[str, str]) -> str:
+    return urls["gateway"]
 
 
 def test_each_modality_through_the_gateway_pod(gateway_url: str) -> None:
@@ -161,3 +178,26 @@ def test_each_modality_through_the_gateway_pod(gateway_url: str) -> None:
     assert audio.status_code == 200 and audio.json()["duration"] == 1.0
     assert embed is None or (embed.status_code == 200 and embed.json()["data"][0]["embedding"])
     assert json.loads(chat.text)["model"] == "demo-llm"
+
+
+def test_llm_streams_come_from_the_engine_port_past_the_llm_services_proxy(
+    urls: dict[str, str],
+) -> None:
+    """llm.engine_url (http://llm:8100 in the ConfigMap): the gateway reaches vLLM in its pod, so
+    the llm service's BentoML proxy counts the gateway's health checks but no completion."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with httpx.Client(base_url=urls["gateway"], timeout=120) as client:
+        body = {"model": "demo-llm", "prompt": "hi", "max_tokens": 2, "stream": True}
+        with client.stream(
+            "POST", "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+        ) as r:
+            assert r.status_code == 200 and "data: [DONE]" in r.read().decode()
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{urls['llm']}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "bentoml_service_request_total":
+                endpoint = sample.labels["endpoint"]
+                counts[endpoint] = counts.get(endpoint, 0) + sample.value
+    assert counts.get("/readyz", 0) > 0, counts  # the proxy counts what it serves
+    assert not any(v for e, v in counts.items() if e.startswith("/v1/")), counts

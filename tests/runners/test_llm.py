@@ -1,8 +1,11 @@
-"""The LLM service's own logic that needs no engine: reading vLLM's request counts."""
+"""The LLM service's own logic that needs no engine: vLLM's command line, its request counts."""
 
 from __future__ import annotations
 
-from runners.llm import engine_requests
+import pytest
+
+from runners.llm import engine_command, engine_requests
+from settings import Settings
 
 METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -24,3 +27,14 @@ def test_an_idle_engine_has_none() -> None:
     idle = METRICS.replace("} 2.0", "} 0.0").replace("} 1.0", "} 0.0")
     assert engine_requests(idle) == 0.0
     assert engine_requests("") == 0.0
+
+
+def test_the_engine_listens_on_loopback_unless_told() -> None:
+    def host(settings: Settings) -> str:
+        cmd = engine_command(settings.llm, "/m", "m")
+        return cmd[cmd.index("--host") + 1]
+
+    assert host(Settings()) == "127.0.0.1"
+    assert host(Settings.model_validate({"llm": {"host": "0.0.0.0"}})) == "0.0.0.0"
+    with pytest.raises(ValueError, match="host"):
+        Settings.model_validate({"llm": {"host": "10.0.0.5"}})  # the proxy needs loopback
