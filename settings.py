@@ -74,6 +74,11 @@ class VisionSettings(_Section):
     # BentoML answers 503 for requests it estimates would exceed this, so it is a budget, not a
     # wait: sized for CPU (a ResNet-50 batch of 32 takes about 1 s on 2 cores); ~100 on GPU.
     max_latency_ms: int = Field(5000, ge=1)
+    # The longest BentoML's batcher holds a lone request waiting for others (runners/batching.py;
+    # Triton's max_queue_delay): under load batches form from the requests queued behind a
+    # running batch anyway. Without a bound it learns to hold for as long as requests queued in
+    # the last burst.
+    max_hold_ms: float = Field(10, ge=0)
     top_k: int = Field(5, ge=1)  # predictions returned when a request names no top_k
 
 
@@ -82,6 +87,7 @@ class SpeechSettings(_Section):
     batching: bool = True
     max_batch_size: int = Field(8, ge=2)  # in 30 s chunks, not requests
     max_latency_ms: int = Field(30000, ge=1)  # a CPU batch of 8 chunks decodes for seconds
+    max_hold_ms: float = Field(50, ge=0)  # see VisionSettings; a clip decodes for ~1 s on CPU
     max_new_tokens: int = Field(128, ge=1, le=440)  # per 30 s chunk; Whisper's limit is 448
 
 
@@ -91,6 +97,7 @@ class EmbedSettings(_Section):
     max_batch_size: int = Field(32, ge=2)  # inputs (texts), not requests; a request's many
     # inputs are split across batches
     max_latency_ms: int = Field(2000, ge=1)
+    max_hold_ms: float = Field(10, ge=0)  # see VisionSettings
     # Inputs longer than this (or than the model's own max_length, if less) are refused with a
     # 400, as OpenAI does; counted in the model's tokens, special tokens included.
     max_input_tokens: int = Field(512, ge=1)

@@ -19,6 +19,7 @@ import bentoml
 from contract.embedding import Embedding, EmbedInfo, EmbedInput
 from contract.names import EMBED as EMBED_NAME
 from lifecycle import DrainMiddleware, die_with_parent, drain_runner
+from runners.batching import cap_batch_hold
 from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
 
@@ -38,6 +39,7 @@ class Embedder:
     def __init__(self) -> None:
         die_with_parent()
         drain_runner(SETTINGS.drain)
+        cap_batch_hold(EMBED.max_hold_ms)
         from runners.device import select_device
         from runners.encoder import Encoder  # torch loads in this service's process only
 

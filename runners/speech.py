@@ -20,6 +20,7 @@ from contract import audio
 from contract.names import SPEECH as SPEECH_NAME
 from contract.speech import Clip, ClipText, SpeechInfo
 from lifecycle import DrainMiddleware, die_with_parent, drain_runner
+from runners.batching import cap_batch_hold
 from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
 
@@ -39,6 +40,7 @@ class Transcriber:
     def __init__(self) -> None:
         die_with_parent()
         drain_runner(SETTINGS.drain)
+        cap_batch_hold(SPEECH.max_hold_ms)
         from runners.device import select_device
         from runners.whisper import Whisper  # torch loads in this service's process only
 

@@ -25,6 +25,7 @@ from contract import imaging
 from contract.names import VISION as VISION_NAME
 from contract.vision import Prediction, VisionInfo
 from lifecycle import DrainMiddleware, die_with_parent, drain_runner
+from runners.batching import cap_batch_hold
 from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
 
@@ -44,6 +45,7 @@ class ImageClassifier:
     def __init__(self) -> None:
         die_with_parent()
         drain_runner(SETTINGS.drain)
+        cap_batch_hold(VISION.max_hold_ms)
         from runners.classifier import Classifier  # torch loads in this service's process only
         from runners.device import select_device
 

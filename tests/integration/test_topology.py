@@ -106,11 +106,14 @@ def urls() -> Iterator[dict[str, str]]:
     for name, container in services.items():
         args = list(container["args"])
         args[args.index("--port") + 1] = str(ports[name])
-        args[args.index("--host") + 1] = "127.0.0.1"
+        # The llm pod is reached at this host's own address, as a Service in another pod is:
+        # not loopback, so only llm.engine_url can send the gateway past its proxy.
+        args[args.index("--host") + 1] = "0.0.0.0" if name == "llm" else "127.0.0.1"
         for i, arg in enumerate(args):
             if i and args[i - 1] == "--depends":
                 dep = arg.split("=", 1)[0]
-                args[i] = f"{dep}=http://127.0.0.1:{ports[dep]}"
+                host = host_address() if dep == "llm" else "127.0.0.1"
+                args[i] = f"{dep}=http://{host}:{ports[dep]}"
         env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
         assert env.pop("BUNDLE_CONFIG").startswith("/etc/serving-bundle/")
         env["BUNDLE_CONFIG"] = str(work / "bundle.yaml")
