@@ -10,7 +10,7 @@ uint8 (1, 224, 224, 3), 147 KiB, normalized in the runner (`contract.imaging.nor
 
 This serves `bench.vision_hop:Caller` (an entry service) over `Pixels` (a runner with both
 batchable APIs, configured as runners/vision.py configures its own: same connection settings,
-same batching knobs) under `bentoml serve`, and asks the caller to time calls from inside
+same bound on batch holds) under `bentoml serve`, and asks the caller to time calls from inside
 its own process, with the client the gateway uses. The runner does no forward pass and returns
 (N, 1000) float32 probabilities-sized answers, so what is measured is the hop alone: latency
 p50, calls/s, and the CPU per call of the runner and of the caller (their process times).
@@ -34,7 +34,9 @@ import numpy as np
 from bentoml.validators import DType
 
 from contract import imaging
+from runners.batching import cap_batch_hold
 from runners.metrics import RUNNER_CONNECTION
+from settings import VisionSettings
 
 CROP = 224
 CLASSES = 1000
@@ -43,6 +45,9 @@ PP = imaging.Preprocessing()
 
 @bentoml.service(name="pixels", workers=1, runner_connection=RUNNER_CONNECTION)
 class Pixels:
+    def __init__(self) -> None:
+        cap_batch_hold(VisionSettings().max_hold_ms)  # as runners/vision.py does
+
     @bentoml.api(batchable=True, max_batch_size=16, max_latency_ms=10_000)
     def float32(self, x: Annotated[np.ndarray, DType("float32")]) -> np.ndarray:
         return np.ascontiguousarray(x.reshape(len(x), -1)[:, :CLASSES])
