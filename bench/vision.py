@@ -68,8 +68,9 @@ class Workload:
     raw_batches: tuple[int, ...]
     requests: dict[int, int]  # concurrency -> requests measured
     # Sequential requests first: BentoML's dispatcher runs its first ~11 batches as a training
-    # phase. No burst: it learns its hold time from the waits it sees, and waits behind a
-    # running batch would then hold every later lone request (c=1) about as long.
+    # phase. It learns its hold time from the waits it sees, so after a burst (a c=32 window)
+    # lone requests are held up to the runner's max_hold_ms (runners/batching.py; without that
+    # bound, about as long as the burst's requests queued: ~2 s each).
     warmup: int
     send: Send
     forward: Callable[[int], object]  # the raw forward of a batch of n, in this process
