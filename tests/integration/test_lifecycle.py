@@ -172,29 +172,39 @@ def test_sigkill_of_the_vision_worker_under_load_loses_no_request(bundle: Server
 # -- drain ---------------------------------------------------------------------------------------
 
 
-def test_sigterm_drains_every_request_in_flight_then_exits_clean(bundle: ServerProcess) -> None:
+@pytest.fixture(scope="module")
+def engine(request: pytest.FixtureRequest) -> str:
+    """The bundled vLLM's own port (llm.port of the routing stack's config)."""
+    stack: RoutingStack = request.getfixturevalue("routing_stack")
+    return f"http://127.0.0.1:{stack.config['llm']['port']}"
+
+
+def test_sigterm_drains_every_request_in_flight_then_exits_clean(
+    bundle: ServerProcess, engine: str
+) -> None:
     """Runs last: it stops the module's bundle."""
     assert answers_every_modality(bundle.url)
     processes = [psutil.Process(bundle.proc.pid), *descendants(bundle)]  # type: ignore[union-attr]
     with ThreadPoolExecutor(16) as pool:
         for _ in range(3):
             # images and audio first: the gateway accepts connections in order, so once the
-            # streams have their first chunks these are in the gateway too (a request still in
-            # the socket's backlog when the drain starts is a new request, answered 503 by design)
+            # streams are in the engine these are in the gateway too (a request still in the
+            # socket's backlog when the drain starts is a new request, answered 503 by design)
             images = [pool.submit(classify, bundle.url, 120) for _ in range(4)]
             audios = [pool.submit(transcribe, bundle.url, 120) for _ in range(2)]
-            started = [threading.Event() for _ in range(4)]
-            streams = [pool.submit(stream, bundle.url, 900, event) for event in started]
-            assert all(event.wait(60) for event in started), "the streams did not start"
-            # SIGTERM must land while the gateway itself still serves several of them: the demo
-            # engine streams 900 tokens in ~1.5 s, and on 2 busy cores this client can read the
-            # first chunks after the gateway has sent the last (seen in CI: the gateway was idle,
+            streams = [pool.submit(stream, bundle.url, 900) for _ in range(4)]
+            # SIGTERM lands once all four streams run in vLLM (its own /metrics): the demo engine
+            # streams 900 tokens in ~1.5 s, and on 2 busy cores this client can read the first
+            # chunks after the gateway has sent the last (seen in CI: the gateway was idle,
             # drained at once and exited, and the request meant to be refused found it gone)
-            if gateway_in_flight(bundle.url) >= 3 and any(not f.done() for f in streams):
+            deadline = time.monotonic() + 10
+            while engine_busy(engine) < len(streams) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if engine_busy(engine) >= len(streams) - 1:
                 break
-            wait_all([*streams, *images, *audios])  # all served before the signal: again
+            wait_all([*streams, *images, *audios])  # the engine ran them apart: again
         else:
-            pytest.fail("three rounds of requests all finished before SIGTERM could land")
+            pytest.fail("three rounds of streams never ran in the engine together")
         pending = sum(not f.done() for f in [*streams, *images, *audios])
         signalled = time.monotonic()
         bundle.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -223,17 +233,11 @@ def test_sigterm_drains_every_request_in_flight_then_exits_clean(bundle: ServerP
     assert not alive, f"processes outlived the bundle: {[p.info for p in alive]}"
 
 
-def gateway_in_flight(url: str) -> float:
-    """Requests the gateway's workers are serving now (`gateway_requests_in_flight`, /metrics)."""
-    from prometheus_client.parser import text_string_to_metric_families
+def engine_busy(url: str) -> float:
+    """Requests vLLM is running or has waiting now, from its own /metrics."""
+    from runners.llm import engine_requests
 
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "gateway_requests_in_flight"
-    )
+    return engine_requests(httpx.get(f"{url}/metrics", timeout=10).text)
 
 
 def wait_all(futures: list[Future[Any]]) -> list[Any]:
