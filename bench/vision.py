@@ -322,9 +322,16 @@ def served(home: Path, *, batching: bool, max_batch: dict[str, int]) -> Iterator
         cwd=ROOT,
         timeout_s=300,
     )
+    with running(server):
+        yield url
+
+
+@contextmanager
+def running(server: Any) -> Iterator[None]:
+    """A ServerProcess started for the `with` block and stopped after it."""
     server.start()
     try:
-        yield url
+        yield
     finally:
         server.stop()
 
@@ -403,11 +410,8 @@ def triton_served(model_file: Path, max_batch: int) -> Iterator[str]:
         cwd=ROOT,
         timeout_s=300,
     )
-    server.start()
-    try:
+    with running(server):
         yield url
-    finally:
-        server.stop()
 
 
 def triton_totals(url: str) -> tuple[float, float]:
