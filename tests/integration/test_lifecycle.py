@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -117,6 +117,25 @@ def stream(
         return r.status_code, lines
 
 
+def held_upload(url: str, release: threading.Event) -> httpx.Response:
+    """A transcription whose body arrives in two halves, the second once `release` is set. The
+    gateway counts a request from its headers on, so this one stays in flight, and the drain
+    goes on, until the test lets it finish: the drain cannot end before the checks made during
+    it, however fast the engine finishes the streams."""
+    files = {"file": ("x.wav", AUDIO, "audio/wav")}
+    request = httpx.Request("POST", f"{url}/v1/audio/transcriptions", data={"model": WHISPER},
+                            files=files)  # fmt: skip
+    body = request.read()
+
+    def halves() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        release.wait(DRAIN_S)
+        yield body[len(body) // 2 :]
+
+    headers = {"content-type": request.headers["content-type"], "content-length": str(len(body))}
+    return httpx.post(request.url, content=halves(), headers=headers, timeout=120)
+
+
 def answers_every_modality(url: str) -> bool:
     try:
         return all(call(url).status_code == 200 for call in (chat, classify, transcribe))
@@ -176,24 +195,29 @@ def test_sigterm_drains_every_request_in_flight_then_exits_clean(bundle: ServerP
     """Runs last: it stops the module's bundle."""
     assert answers_every_modality(bundle.url)
     processes = [psutil.Process(bundle.proc.pid), *descendants(bundle)]  # type: ignore[union-attr]
+    release = threading.Event()
     with ThreadPoolExecutor(16) as pool:
-        # images and audio first: the gateway accepts connections in order, so once the streams
-        # have their first chunks these are in the gateway too (a request still in the socket's
-        # backlog when the drain starts is a new request, answered 503 by design)
+        # the held upload, images and audio first: the gateway accepts connections in order, so
+        # once the streams have their first chunks these are in the gateway too (a request still
+        # in the socket's backlog when the drain starts is a new request, answered 503 by design)
+        held = pool.submit(held_upload, bundle.url, release)
         images = [pool.submit(classify, bundle.url, 120) for _ in range(4)]
         audios = [pool.submit(transcribe, bundle.url, 120) for _ in range(2)]
         started = [threading.Event() for _ in range(4)]
         streams = [pool.submit(stream, bundle.url, 900, event) for event in started]
         assert all(event.wait(60) for event in started), "the streams did not start"
-        pending = sum(not f.done() for f in [*streams, *images, *audios])
+        pending = sum(not f.done() for f in [held, *streams, *images, *audios])
         # the last stream has just begun; an early one may already have finished its tokens
         assert any(not f.done() for f in streams), "a stream must still run when SIGTERM lands"
         signalled = time.monotonic()
         bundle.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        time.sleep(0.5)
-        refused = chat(bundle.url, timeout=10)
-        ready = httpx.get(f"{bundle.url}/readyz", timeout=10)
-        results = wait_all([*streams, *images, *audios])
+        try:
+            time.sleep(0.5)
+            refused = chat(bundle.url, timeout=10)
+            ready = httpx.get(f"{bundle.url}/readyz", timeout=10)
+        finally:
+            release.set()
+        results = wait_all([held, *streams, *images, *audios])
     code = bundle.proc.wait(DRAIN_S + 10)  # type: ignore[union-attr]
     took = time.monotonic() - signalled
     print(f"\nSIGTERM with {pending} requests in flight: exit {code} after {took:.1f} s")
