@@ -1,10 +1,10 @@
 """A real Triton Inference Server serving the benchmark's ResNet-50, for bench/vision.py.
 
-Runs in .venv-triton-bench (scripts/triton-env --bench: PyTriton and torch+cpu, numpy<2), not
-in .venv::
+Runs in .venv-triton-bench (scripts/triton-env --bench: PyTriton and torch+cpu, numpy<2; with
+BUILD=gpu, CUDA torch), not in .venv::
 
     .venv-triton-bench/bin/python bench/triton_resnet.py --model resnet50.pt \\
-        --http-port 8000 --grpc-port 8001 --max-batch-size 8
+        --http-port 8000 --grpc-port 8001 --max-batch-size 8 --device cuda
 
 `--model` is a TorchScript file bench/vision.py traces from the same stored model the bundle's
 vision runner loads (transformers' ResNetForImageClassification with the same weights), so both
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--queue-delay-us", type=int, default=5000, help="dynamic batcher delay")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
 
     import torch
@@ -42,14 +43,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    net = torch.jit.load(args.model).eval()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            "--device cuda: torch sees no CUDA device (BUILD=gpu scripts/triton-env --bench)"
+        )
+    net = torch.jit.load(args.model, map_location=args.device).eval()
 
     @batch
     def infer(pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            logits = net(torch.from_numpy(pixel_values))
+            logits = net(torch.from_numpy(pixel_values).to(args.device))
             probabilities = torch.softmax(logits.float(), dim=-1)
-        return {"probabilities": probabilities.numpy()}
+        return {"probabilities": probabilities.cpu().numpy()}
 
     config = TritonConfig(
         http_address="127.0.0.1", http_port=args.http_port,

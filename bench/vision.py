@@ -23,6 +23,12 @@
    the runner (or Triton) formed, the requests BentoML shed (503: it expected them to miss
    max_latency_ms), and ratios to the raw forward, to the unbatched service and to Triton.
 
+Every forward runs on one device, `--device` (default: CUDA when torch sees it, as the runners
+choose; runners/device.py): the raw forward in this process, the runners (`device:` in their
+config) and Triton (`--device` of bench/triton_resnet.py; on CUDA its venv is made with
+`BUILD=gpu`, CUDA torch from requirements/triton-bench-gpu.lock). So the command is the same on
+a GPU machine, and its ratios compare like with like there too.
+
 Other processes may share the CPU, so each served level is compared with the raw forward at its
 best batch size measured right before and right after it (the mean of the two), not with the
 sweep at the start: a ratio then compares like with like even when the machine's load drifts.
@@ -193,14 +199,16 @@ def raw_rows(workload: Workload, min_seconds: float) -> list[Row]:
     return rows
 
 
-def raw_vision(path: Path, metadata: dict[str, Any]) -> tuple[Callable[[int], object], float]:
+def raw_vision(
+    path: Path, metadata: dict[str, Any], device: str
+) -> tuple[Callable[[int], object], float]:
     """The batch runner, and the gateway's per-image preprocessing cost in ms (for the notes)."""
     import torch
 
     from contract import imaging
     from runners.classifier import Classifier
 
-    classifier = Classifier.load(path, metadata, device=torch.device("cpu"))
+    classifier = Classifier.load(path, metadata, device=torch.device(device))
     pixels = np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
     data = jpeg(0)
     start = time.perf_counter()
@@ -210,13 +218,13 @@ def raw_vision(path: Path, metadata: dict[str, Any]) -> tuple[Callable[[int], ob
     return (lambda n: classifier.probabilities(pixels[:n])), prep_ms
 
 
-def raw_speech(path: Path) -> Callable[[int], object]:
+def raw_speech(path: Path, device: str) -> Callable[[int], object]:
     import torch
 
     from contract.speech import Clip
     from runners.whisper import Whisper
 
-    whisper = Whisper.load(path, device=torch.device("cpu"), max_new_tokens=WHISPER_TOKENS)
+    whisper = Whisper.load(path, device=torch.device(device), max_new_tokens=WHISPER_TOKENS)
     clips = [Clip(audio=clip(0)) for _ in range(8)]
     return lambda n: whisper.transcribe(clips[:n])
 
@@ -294,7 +302,7 @@ def served_rows(
 
 
 @contextmanager
-def served(home: Path, *, batching: bool, max_batch: dict[str, int]) -> Iterator[str]:
+def served(home: Path, *, batching: bool, max_batch: dict[str, int], device: str) -> Iterator[str]:
     """`bentoml serve bench.services:MediaGateway` over the bench models; yields its URL.
 
     Each runner's max_batch_size is the raw sweep's best batch size (BentoML needs at least 2):
@@ -308,6 +316,7 @@ def served(home: Path, *, batching: bool, max_batch: dict[str, int]) -> Iterator
     config = {
         "vision": _section(VisionSettings(), RESNET50, batching, max_batch["vision"]),
         "speech": {**speech, "max_new_tokens": WHISPER_TOKENS},
+        "device": device,  # the runners run where the raw forward ran
     }
     config_path = home / f"bundle-{'batched' if batching else 'unbatched'}.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -351,13 +360,13 @@ TRITON_VENV = ROOT / ".venv-triton-bench"
 TRITON_MODEL = "resnet-50"
 
 
-def trace_resnet(path: Path, out: Path) -> tuple[Path, Callable[[int], object]]:
-    """The stored ResNet-50 traced to TorchScript for Triton, and its raw forward in this process
-    (softmax included, as both servers run it) to compare with the eager one."""
+def trace_resnet(path: Path, out: Path, device: str) -> tuple[Path, Callable[[int], object]]:
+    """The stored ResNet-50 traced to TorchScript for Triton on `device`, and its raw forward in
+    this process (softmax included, as both servers run it) to compare with the eager one."""
     import torch
     from transformers import AutoModelForImageClassification
 
-    model = AutoModelForImageClassification.from_pretrained(path).eval()
+    model = AutoModelForImageClassification.from_pretrained(path).to(device).eval()
 
     class Logits(torch.nn.Module):
         def __init__(self) -> None:
@@ -368,30 +377,31 @@ def trace_resnet(path: Path, out: Path) -> tuple[Path, Callable[[int], object]]:
             return self.model(pixel_values=pixel_values, return_dict=False)[0]
 
     with torch.no_grad():
-        traced = torch.jit.trace(Logits(), torch.zeros(1, 3, 224, 224))
+        traced = torch.jit.trace(Logits(), torch.zeros(1, 3, 224, 224, device=device))
     traced.save(str(out))
-    net = torch.jit.load(str(out)).eval()
-    pixels = torch.from_numpy(
-        np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
-    )
+    net = torch.jit.load(str(out), map_location=device).eval()
+    pixels = np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
 
-    def forward(n: int) -> object:
+    def forward(n: int) -> object:  # from host memory and back, as a server's batch is
         with torch.inference_mode():
-            return torch.softmax(net(pixels[:n]), dim=-1).numpy()
+            batch = torch.from_numpy(pixels[:n]).to(device)
+            return torch.softmax(net(batch), dim=-1).cpu().numpy()
 
     return out, forward
 
 
-def ensure_triton_env() -> None:
-    """scripts/triton-env --bench: idempotent, a second when nothing changed."""
+def ensure_triton_env(device: str) -> None:
+    """scripts/triton-env --bench: idempotent, a second when nothing changed. On CUDA, BUILD=gpu:
+    the venv gets CUDA torch (requirements/triton-bench-gpu.lock) instead of torch+cpu."""
     command = [str(ROOT / "scripts" / "triton-env"), "--bench"]
-    result = subprocess.run(command, capture_output=True, text=True)
+    env = {**os.environ, "BUILD": "gpu" if device == "cuda" else "cpu"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"scripts/triton-env --bench failed:\n{result.stdout}{result.stderr}")
 
 
 @contextmanager
-def triton_served(model_file: Path, max_batch: int) -> Iterator[str]:
+def triton_served(model_file: Path, max_batch: int, device: str) -> Iterator[str]:
     from tests.servers.process import ServerProcess, free_port, http_ok
 
     http, grpc, metrics = free_port(), free_port(), free_port()
@@ -400,13 +410,14 @@ def triton_served(model_file: Path, max_batch: int) -> Iterator[str]:
         str(TRITON_VENV / "bin" / "python"), str(ROOT / "bench" / "triton_resnet.py"),
         "--model", str(model_file), "--max-batch-size", str(max(2, max_batch)),
         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+        "--device", device,
     ]  # fmt: skip
     server = ServerProcess(
         "bench-triton",
         command,
         ready=http_ok(f"{url}/v2/models/{TRITON_MODEL}/ready"),
         url=url,
-        env={"CUDA_VISIBLE_DEVICES": ""},
+        env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {},
         cwd=ROOT,
         timeout_s=300,
     )
@@ -516,21 +527,21 @@ def _f(value: float | int | None, spec: str) -> str:
 # --- main --------------------------------------------------------------------------------------
 
 
-def workloads(home: Path, quick: bool) -> tuple[Workload, Workload, float, Path]:
+def workloads(home: Path, quick: bool, device: str) -> tuple[Workload, Workload, float, Path]:
     """The two workloads over freshly created bench models, the preprocessing ms per image, and
     where the ResNet-50 is stored."""
     from bench.models import RESNET50, WHISPER_TINY, create_resnet50, create_whisper_tiny
 
     print("creating models ...", flush=True)
     resnet, whisper = create_resnet50(), create_whisper_tiny()
-    forward, prep_ms = raw_vision(resnet.path, dict(resnet.metadata))
+    forward, prep_ms = raw_vision(resnet.path, dict(resnet.metadata), device)
     vision = Workload(
         "resnet-50", "vision", "img", (1, 8, 16, 32),
         {1: 24, 8: 96, 32: 192}, 16, send_image(RESNET50), forward,
     )  # fmt: skip
     speech = Workload(
         "whisper-tiny", "speech", "clip", (1, 4, 8),
-        {1: 6, 8: 24, 32: 48}, 12, send_audio(WHISPER_TINY), raw_speech(whisper.path),
+        {1: 6, 8: 24, 32: 48}, 12, send_audio(WHISPER_TINY), raw_speech(whisper.path, device),
     )  # fmt: skip
     if quick:
         vision = replace(vision, requests={1: 4, 8: 16, 32: 32})
@@ -547,27 +558,36 @@ def main() -> None:
         "--triton", action=argparse.BooleanOptionalAction, default=True,
         help="compare with Triton serving the same ResNet-50 (default; makes .venv-triton-bench)",
     )  # fmt: skip
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="where every forward runs: the raw one, the runners', Triton's (default: CUDA if "
+             "torch sees it, as the runners choose)",
+    )  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
     home = Path(tempfile.mkdtemp(prefix="bench-bentoml-"))
     os.environ["BENTOML_HOME"] = str(home)  # before bentoml is imported: a private model store
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        print(table(run(home, quick=args.quick, triton=args.triton)))
+        from runners.device import select_device
+
+        device = select_device(args.device).type
+        print(f"device: {device}", flush=True)
+        print(table(run(home, quick=args.quick, triton=args.triton, device=device)))
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; budget: the runner's max_latency_ms")
 
 
-def run(home: Path, *, quick: bool, triton: bool) -> list[Row]:
+def run(home: Path, *, quick: bool, triton: bool, device: str) -> list[Row]:
     from bench.models import RESNET50
     from contract.names import model_name
     from settings import SpeechSettings, VisionSettings
 
     if triton:
         print("scripts/triton-env --bench ...", flush=True)
-        ensure_triton_env()
-    vision, speech, prep_ms, resnet_path = workloads(home, quick)
+        ensure_triton_env(device)
+    vision, speech, prep_ms, resnet_path = workloads(home, quick, device)
     print("raw forward ...", flush=True)
     sweep = {w.name: raw_rows(w, min_seconds=2.0 if quick else 5.0) for w in (vision, speech)}
     best = {
@@ -575,7 +595,7 @@ def run(home: Path, *, quick: bool, triton: bool) -> list[Row]:
     }
     traced: Path | None = None
     if triton:
-        traced, scripted = trace_resnet(resnet_path, home / "resnet50.pt")
+        traced, scripted = trace_resnet(resnet_path, home / "resnet50.pt", device)
         rate = raw_rate(scripted, best[vision.name], min_seconds=2.0 if quick else 5.0)
         path = f"raw TorchScript, batch {best[vision.name]}"
         sweep[vision.name].append(Row(vision.name, path, vision.unit, rate))
@@ -585,7 +605,7 @@ def run(home: Path, *, quick: bool, triton: bool) -> list[Row]:
     for batching, mode in ((True, "batched"), (False, "unbatched")):
         print(f"serving, {mode} ...", flush=True)
         max_batch = {w.runner: best[w.name] for w in (vision, speech)}
-        with served(home, batching=batching, max_batch=max_batch) as url:
+        with served(home, batching=batching, max_batch=max_batch, device=device) as url:
             for w in (vision, speech):
                 probe = functools.partial(raw_rate, w.forward, best[w.name], min_seconds=1.5)
                 budget = budgets[w.runner] if batching else None
@@ -596,7 +616,7 @@ def run(home: Path, *, quick: bool, triton: bool) -> list[Row]:
                     name: functools.partial(raw_rate, f, best[vision.name], min_seconds=1.5)
                     for name, f in (("gateway", vision.forward), ("triton", scripted))
                 }
-                with triton_served(traced, best[vision.name]) as triton_url:
+                with triton_served(traced, best[vision.name], device) as triton_url:
                     served_by_model[vision.name] += kserve_rows(
                         vision, {"gateway": url, "triton": triton_url}, model_name(RESNET50),
                         budget_ms=budgets["vision"], probes=probes,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 from starlette.testclient import TestClient
 
@@ -147,3 +148,40 @@ def test_the_openapi_document_lists_every_route_with_its_body(client: TestClient
     infer = paths["/v2/models/{model}/infer"]["post"]
     assert "inputs" in infer["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert infer["parameters"][0]["name"] == "model"
+
+
+async def test_a_client_that_goes_away_stops_the_relay_and_closes_the_upstream_stream() -> None:
+    """EventStream: the disconnect is seen at the next chunk; the upstream generator is closed
+    (so the engine sees its client go away), and the response ends without error."""
+    import asyncio
+
+    from gateway.api.openai import EventStream, UsageTap
+    from gateway.context import RequestContext
+
+    closed = asyncio.Event()
+    gone = asyncio.Event()
+    sent: list[dict[str, object]] = []
+
+    async def upstream() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                await asyncio.sleep(0.001)
+                yield b'data: {"n": 1}\n\n'
+        finally:
+            closed.set()
+
+    async def receive() -> dict[str, object]:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+        if len(sent) == 3:  # the start and two chunks, then the client leaves
+            gone.set()
+
+    tap = UsageTap(RequestContext("id", "POST", "/v1/chat/completions"), strip=False)
+    response = EventStream(tap, b'data: {"n": 0}\n\n', upstream())
+    await asyncio.wait_for(response({"type": "http"}, receive, send), 5)  # type: ignore[arg-type]
+    assert closed.is_set()
+    assert 3 <= len(sent) <= 5, "the relay went on after the disconnect"
+    assert sent[0]["type"] == "http.response.start"
