@@ -1,0 +1,147 @@
+"""What one request costs the gateway, by what it touches: the fixed cost under every c=1 figure.
+
+    .venv/bin/python -m bench.request_cost                 # 3 rounds x 1,000 requests per kind
+    .venv/bin/python -m bench.request_cost --requests 200 --rounds 1   # a smoke run
+
+It starts the deterministic upstream (tests/servers/upstream.py) with no delays and one token,
+and `bentoml serve service:RemoteGateway` routing `fixed-llm` to it (access log off), then sends
+sequential requests from one keep-alive client, kind by kind, in interleaved rounds:
+
+    GET /livez           BentoML's server stack and uvicorn only (a probe skips our app)
+    GET /v1/models       + the gateway's app and its request pipeline (no upstream call)
+    chat, plain          + routing, breaker, admission, the upstream call, the JSON answer
+    chat, streamed       the same as a 1-token server-sent event stream
+    direct               the same streamed chat straight to the upstream (no gateway)
+    aiohttp alone        the same streamed chat sent by an aiohttp session in this process, as
+                         the gateway's OpenAI adapter sends it: the upstream client's own share
+
+Per kind: latency p50/p99 at the client, and CPU time (user + system, /proc through psutil) of
+the gateway's whole process tree per request (for "aiohttp alone", of this process). The table
+gives each kind's CPU as a share of the streamed chat's. On a GPU machine the command is the same
+(every process here is a CPU process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import httpx
+import psutil
+
+from tests.servers.bundle import remote_gateway_process
+from tests.servers.upstream import upstream_process
+
+BODY = {"model": "fixed-llm", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def sender(base: str, kind: str) -> Callable[[httpx.Client], httpx.Response]:
+    chat = f"{base}/v1/chat/completions"
+    if kind == "GET /livez":
+        return lambda c: c.get(f"{base}/livez")
+    if kind == "GET /v1/models":
+        return lambda c: c.get(f"{base}/v1/models")
+    if kind == "chat, plain":
+        return lambda c: c.post(chat, json=BODY)
+    return lambda c: c.post(chat, json={**BODY, "stream": True})  # streamed, direct
+
+
+def aiohttp_cpu(url: str, n: int) -> tuple[list[float], float]:
+    """(latencies, CPU s per request) of `n` streamed chats from an aiohttp session here."""
+    import aiohttp
+    import uvloop
+
+    async def main() -> tuple[list[float], float]:
+        timeout = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=60.0)
+        connector = aiohttp.TCPConnector(limit=512)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+            async def one() -> None:
+                r = await session.post(f"{url}/v1/chat/completions", json={**BODY, "stream": True})
+                async for _ in r.content.iter_any():
+                    pass
+                r.release()
+
+            for _ in range(50):
+                await one()
+            latencies = []
+            cpu = time.process_time()
+            for _ in range(n):
+                start = time.perf_counter()
+                await one()
+                latencies.append(time.perf_counter() - start)
+            return latencies, (time.process_time() - cpu) / n
+
+    return uvloop.run(main())
+
+
+def tree_cpu(pid: int) -> float:
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.request_cost", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--requests", type=int, default=1000, help="per kind per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    upstream = upstream_process(prefill_ms=0, token_ms=0, tokens=1).start()
+    config = {"log": {"access_log": False},
+              "routing": {"backends": {"up": {"kind": "openai", "url": upstream.url}},
+                          "models": {"fixed-llm": {"backend": "up"}}}}  # fmt: skip
+    gateway = remote_gateway_process(config).start()
+    assert gateway.proc is not None
+    kinds = ["GET /livez", "GET /v1/models", "chat, plain", "chat, streamed", "direct"]
+    latencies: dict[str, list[float]] = {k: [] for k in [*kinds, "aiohttp alone"]}
+    cpu: dict[str, list[float]] = {k: [] for k in latencies}
+    try:
+        with httpx.Client(timeout=30) as client:
+            for kind in kinds:  # warm every path
+                send = sender(upstream.url if kind == "direct" else gateway.url, kind)
+                for _ in range(100):
+                    send(client).raise_for_status()
+            for round_ in range(args.rounds):
+                order = kinds if round_ % 2 == 0 else kinds[::-1]
+                for kind in order:
+                    send = sender(upstream.url if kind == "direct" else gateway.url, kind)
+                    before = tree_cpu(gateway.proc.pid)
+                    for _ in range(args.requests):
+                        start = time.perf_counter()
+                        send(client).raise_for_status()
+                        latencies[kind].append(time.perf_counter() - start)
+                    per = (tree_cpu(gateway.proc.pid) - before) / args.requests
+                    cpu[kind].append(0.0 if kind == "direct" else per)
+                lat, per = aiohttp_cpu(upstream.url, args.requests)
+                latencies["aiohttp alone"] += lat
+                cpu["aiohttp alone"].append(per)
+                print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
+    finally:
+        gateway.stop()
+        upstream.stop()
+
+    streamed = statistics.median(cpu["chat, streamed"])
+    print(f"\nSequential requests, {args.rounds} rounds x {args.requests} per kind; upstream: no "
+          "delays, 1 token\n")  # fmt: skip
+    print("| kind | p50 ms | p99 ms | CPU ms/request | CPU vs streamed chat |")
+    print("|---|---|---|---|---|")
+    for kind, values in latencies.items():
+        share = statistics.median(cpu[kind])
+        who = " (this process)" if kind == "aiohttp alone" else ""
+        ratio = "-" if kind == "direct" else f"{share / streamed:.2f}"
+        cost = "-" if kind == "direct" else f"{share * 1000:.3f}{who}"
+        print(f"| {kind} | {pct(values, 0.5) * 1000:.3f} | {pct(values, 0.99) * 1000:.3f} | "
+              f"{cost} | {ratio} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
