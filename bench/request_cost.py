@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.request_cost --requests 200 --rounds 1   # a smoke run
 
 It starts the deterministic upstream (tests/servers/upstream.py) with no delays and one token,
-and `bentoml serve service:RemoteGateway` routing `fixed-llm` to it (access log off), then sends
+and the gateway as bench.gateway runs it (`gateway_process`: `bentoml serve
+service:RemoteGateway` routing `fixed-llm` to it, access log off), then sends
 sequential requests from one keep-alive client, kind by kind, in interleaved rounds:
 
     GET /livez           BentoML's server stack and uvicorn only (a probe skips our app)
@@ -24,17 +25,19 @@ gives each kind's CPU as a share of the streamed chat's. On a GPU machine the co
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
-import psutil
 
-from tests.servers.bundle import remote_gateway_process
+from bench.gateway import MODEL, cpu_delta, gateway_process, percentile, tree_cpu
 from tests.servers.upstream import upstream_process
 
-BODY = {"model": "fixed-llm", "messages": [{"role": "user", "content": "hi"}]}
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
 def sender(base: str, kind: str) -> Callable[[httpx.Client], httpx.Response]:
@@ -77,16 +80,6 @@ def aiohttp_cpu(url: str, n: int) -> tuple[list[float], float]:
     return uvloop.run(main())
 
 
-def tree_cpu(pid: int) -> float:
-    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    return sum(sum(p.cpu_times()[:2]) for p in procs)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.request_cost", description=__doc__.split("\n")[0]
@@ -96,30 +89,28 @@ def main() -> None:
     args = parser.parse_args()
 
     upstream = upstream_process(prefill_ms=0, token_ms=0, tokens=1).start()
-    config = {"log": {"access_log": False},
-              "routing": {"backends": {"up": {"kind": "openai", "url": upstream.url}},
-                          "models": {"fixed-llm": {"backend": "up"}}}}  # fmt: skip
-    gateway = remote_gateway_process(config).start()
+    directory = Path(tempfile.mkdtemp(prefix="bench-request-cost-"))
+    gateway = gateway_process(upstream.url, directory, workers=1, max_c=1).start()
     assert gateway.proc is not None
     kinds = ["GET /livez", "GET /v1/models", "chat, plain", "chat, streamed", "direct"]
     latencies: dict[str, list[float]] = {k: [] for k in [*kinds, "aiohttp alone"]}
     cpu: dict[str, list[float]] = {k: [] for k in latencies}
     try:
+        senders = {k: sender(upstream.url if k == "direct" else gateway.url, k) for k in kinds}
         with httpx.Client(timeout=30) as client:
-            for kind in kinds:  # warm every path
-                send = sender(upstream.url if kind == "direct" else gateway.url, kind)
+            for send in senders.values():  # warm every path
                 for _ in range(100):
                     send(client).raise_for_status()
             for round_ in range(args.rounds):
                 order = kinds if round_ % 2 == 0 else kinds[::-1]
                 for kind in order:
-                    send = sender(upstream.url if kind == "direct" else gateway.url, kind)
+                    send = senders[kind]
                     before = tree_cpu(gateway.proc.pid)
                     for _ in range(args.requests):
                         start = time.perf_counter()
                         send(client).raise_for_status()
                         latencies[kind].append(time.perf_counter() - start)
-                    per = (tree_cpu(gateway.proc.pid) - before) / args.requests
+                    per = cpu_delta(before, tree_cpu(gateway.proc.pid)) / args.requests
                     cpu[kind].append(0.0 if kind == "direct" else per)
                 lat, per = aiohttp_cpu(upstream.url, args.requests)
                 latencies["aiohttp alone"] += lat
@@ -128,6 +119,7 @@ def main() -> None:
     finally:
         gateway.stop()
         upstream.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
     streamed = statistics.median(cpu["chat, streamed"])
     print(f"\nSequential requests, {args.rounds} rounds x {args.requests} per kind; upstream: no "
@@ -139,7 +131,8 @@ def main() -> None:
         who = " (this process)" if kind == "aiohttp alone" else ""
         ratio = "-" if kind == "direct" else f"{share / streamed:.2f}"
         cost = "-" if kind == "direct" else f"{share * 1000:.3f}{who}"
-        print(f"| {kind} | {pct(values, 0.5) * 1000:.3f} | {pct(values, 0.99) * 1000:.3f} | "
+        print(f"| {kind} | {percentile(values, 0.5) * 1000:.3f} | "
+              f"{percentile(values, 0.99) * 1000:.3f} | "
               f"{cost} | {ratio} |")  # fmt: skip
 
 

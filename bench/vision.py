@@ -275,30 +275,45 @@ def served_rows(
 ) -> list[Row]:
     """The three concurrency levels through the gateway, each between two raw probes."""
     asyncio.run(load(workload.send, url, 1, workload.warmup))
-    rows = []
-    for concurrency in CONCURRENCY:
-        n = workload.requests[concurrency]
-        before = probe()
-        items0, batches0 = batch_totals(url, workload.runner)
-        rate, latencies, failures = asyncio.run(load(workload.send, url, concurrency, n))
-        shed = failures.pop(503, 0)
-        errors = sum(failures.values())
-        items1, batches1 = batch_totals(url, workload.runner)
-        raw = (before + probe()) / 2
-        p50, p99 = np.percentile(np.array(latencies or [np.nan]) * 1000, [50, 99])
-        mean_batch = (items1 - items0) / max(1.0, batches1 - batches0)
-        rows.append(
-            Row(
-                workload.name, f"gateway, {mode}", workload.unit, rate, concurrency, n,
-                float(p50), float(p99), mean_batch, shed, errors, budget_ms, raw,
-            )
-        )  # fmt: skip
-        print(
-            f"  {mode} c={concurrency}: {rate:.1f} {workload.unit}/s (raw {raw:.1f}), "
-            f"p99 {p99:.0f} ms, {shed} shed (503), other errors {failures or 0}",
-            flush=True,
+    totals = functools.partial(batch_totals, url, workload.runner)
+    return [
+        window(
+            workload,
+            f"gateway, {mode}",
+            workload.send,
+            url,
+            c,
+            budget_ms=budget_ms,
+            probe=probe,
+            totals=totals,
         )
-    return rows
+        for c in CONCURRENCY
+    ]
+
+
+def window(
+    workload: Workload, path: str, send: Send, url: str, concurrency: int, *,
+    budget_ms: int | None, probe: Callable[[], float], totals: Callable[[], tuple[float, float]],
+) -> Row:  # fmt: skip
+    """One measured level between two raw probes; `totals()` is (items, batches) run so far."""
+    n = workload.requests[concurrency]
+    before = probe()
+    items0, batches0 = totals()
+    rate, latencies, failures = asyncio.run(load(send, url, concurrency, n))
+    items1, batches1 = totals()
+    raw = (before + probe()) / 2
+    shed = failures.pop(503, 0)
+    p50, p99 = np.percentile(np.array(latencies or [np.nan]) * 1000, [50, 99])
+    mean_batch = (items1 - items0) / max(1.0, batches1 - batches0)
+    print(
+        f"  {path} c={concurrency}: {rate:.1f} {workload.unit}/s (raw {raw:.1f}), "
+        f"p99 {p99:.0f} ms, {shed} shed (503), other errors {failures or 0}",
+        flush=True,
+    )
+    return Row(
+        workload.name, path, workload.unit, rate, concurrency, n, float(p50), float(p99),
+        mean_batch, shed, sum(failures.values()), budget_ms, raw,
+    )  # fmt: skip
 
 
 @contextmanager
@@ -441,38 +456,27 @@ def kserve_rows(
     sends = {"gateway": send_tensor(gateway_model), "triton": send_tensor(TRITON_MODEL)}
     paths = {"gateway": "gateway, KServe V2", "triton": "Triton, KServe V2"}
 
-    def totals(name: str) -> tuple[float, float]:
-        return (
-            batch_totals(urls[name], workload.runner)
-            if name == "gateway"
-            else (triton_totals(urls[name]))
-        )
-
+    totals = {
+        "gateway": functools.partial(batch_totals, urls["gateway"], workload.runner),
+        "triton": functools.partial(triton_totals, urls["triton"]),
+    }
     for name in sends:
         asyncio.run(load(sends[name], urls[name], 1, workload.warmup))
     rows = []
     for i, concurrency in enumerate(CONCURRENCY):
-        n = workload.requests[concurrency]
         for name in ("gateway", "triton") if i % 2 == 0 else ("triton", "gateway"):
-            probe = probes[name]
-            before = probe()
-            items0, batches0 = totals(name)
-            rate, latencies, failures = asyncio.run(load(sends[name], urls[name], concurrency, n))
-            items1, batches1 = totals(name)
-            raw = (before + probe()) / 2
-            shed = failures.pop(503, 0)
-            p50, p99 = np.percentile(np.array(latencies or [np.nan]) * 1000, [50, 99])
+            budget = budget_ms if name == "gateway" else None
             rows.append(
-                Row(
-                    workload.name, paths[name], workload.unit, rate, concurrency, n, float(p50),
-                    float(p99), (items1 - items0) / max(1.0, batches1 - batches0), shed,
-                    sum(failures.values()), budget_ms if name == "gateway" else None, raw,
+                window(
+                    workload,
+                    paths[name],
+                    sends[name],
+                    urls[name],
+                    concurrency,
+                    budget_ms=budget,
+                    probe=probes[name],
+                    totals=totals[name],
                 )
-            )  # fmt: skip
-            print(
-                f"  {paths[name]} c={concurrency}: {rate:.1f} img/s (raw {raw:.1f}), "
-                f"p99 {p99:.0f} ms, {shed} shed (503), other errors {failures or 0}",
-                flush=True,
             )
     return rows
 

@@ -120,7 +120,8 @@ class EventStream(Response):
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
         relay = self._relay()
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            start = {"type": "http.response.start", "status": self.status_code}
+            await send({**start, "headers": self.raw_headers})
             async for out in relay:
                 if self.gone:
                     break

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
 from starlette.testclient import TestClient
 
 from gateway.adapters.base import InferResponse
+from gateway.api.openai import EventStream, UsageTap
+from gateway.context import RequestContext
 from gateway.errors import BackendError, BackendUnavailable
 from tests.fakes import FakeAdapter
 
@@ -153,11 +156,6 @@ def test_the_openapi_document_lists_every_route_with_its_body(client: TestClient
 async def test_a_client_that_goes_away_stops_the_relay_and_closes_the_upstream_stream() -> None:
     """EventStream: the disconnect is seen at the next chunk; the upstream generator is closed
     (so the engine sees its client go away), and the response ends without error."""
-    import asyncio
-
-    from gateway.api.openai import EventStream, UsageTap
-    from gateway.context import RequestContext
-
     closed = asyncio.Event()
     gone = asyncio.Event()
     sent: list[dict[str, object]] = []

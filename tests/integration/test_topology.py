@@ -82,6 +82,7 @@ def urls() -> Iterator[dict[str, str]]:
     docs = rendered()
     services = deployments(docs)
     assert {"gateway", "llm", "vision", "speech"} <= set(services)
+    llm_host = host_address()  # where the llm pod is reached, as another pod's Service is
     work = Path(tempfile.mkdtemp(prefix="topology-"))
     redis = RedisProcess().start()
     config = yaml.safe_load(config_map(docs, "bundle.yaml"))
@@ -91,7 +92,7 @@ def urls() -> Iterator[dict[str, str]]:
             config[section]["storage"] = f"{redis.url.rsplit('/', 1)[0]}/{db}"
     config.setdefault("llm", {})["port"] = free_port()  # vLLM's own port, inside the llm pod
     if config["llm"].get("engine_url"):  # the llm Service's engine port: this host's, not loopback
-        config["llm"]["engine_url"] = f"http://{host_address()}:{config['llm']['port']}"
+        config["llm"]["engine_url"] = f"http://{llm_host}:{config['llm']['port']}"
     if config.get("gateway", {}).get("grpc_port"):
         config["gateway"]["grpc_port"] = free_port()
     (work / "bundle.yaml").write_text(yaml.safe_dump(config))
@@ -112,7 +113,7 @@ def urls() -> Iterator[dict[str, str]]:
         for i, arg in enumerate(args):
             if i and args[i - 1] == "--depends":
                 dep = arg.split("=", 1)[0]
-                host = host_address() if dep == "llm" else "127.0.0.1"
+                host = llm_host if dep == "llm" else "127.0.0.1"
                 args[i] = f"{dep}=http://{host}:{ports[dep]}"
         env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
         assert env.pop("BUNDLE_CONFIG").startswith("/etc/serving-bundle/")
