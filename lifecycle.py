@@ -7,6 +7,8 @@ Standard library and Starlette only, so the gateway and the runners both use it.
     install_drain(...)      SIGTERM/SIGINT drain the worker instead of stopping it (see Drain)
     DrainMiddleware         counts requests in flight; while draining /readyz answers 503 and,
                             where the service refuses new work, so does every new request
+    tune_gc()               once a service has started: the garbage collector stops scanning
+                            what startup made and runs less often (see its docstring)
 
 How a worker drains (`Drain`): readiness turns 503 at once; new requests get 503 + Retry-After
 (the gateway) or are still served (the runners: their only client is the draining gateway, whose
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -60,6 +63,32 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
     _LIBC.prctl(PR_SET_PDEATHSIG, int(sig))
     if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), sig)
+
+
+GC_THRESHOLD = (50_000, 10, 10)  # Python's default: (700, 10, 10)
+
+
+def tune_gc() -> None:
+    """Keep the garbage collector out of the way of requests. Call it at the end of a service's
+    `__init__`, once its imports, model and app exist.
+
+    - Freeze what startup made: Python's full collection walks every tracked object, ~140,000 in
+      a gateway worker (a 91 ms collection). Relaying 64 streams, the worker ran two or three of
+      them per 13 s window, 120-145 ms each, stalling every stream at once: that was the tail of
+      its time to first token. Frozen objects are never scanned (nor freed by the collector;
+      reference counting still frees them), so a full collection costs what serving made since.
+      vLLM's engine core does the same after its startup (`vllm.utils.gc_utils.freeze_gc_heap`).
+    - Collect the youngest generation after 50,000 net new objects instead of 700: at 700 the
+      worker ran ~800 young and ~75 middle collections per window (~0.7 s, 4-5% of its CPU; each
+      request and chunk makes short-lived dicts and coroutines that reference counting frees
+      anyway). Cyclic garbage then waits longer to be freed: at most ~50,000 objects' worth.
+    Measured with gc.callbacks and `bench.gateway --paths direct gateway` (2 runs each way): at
+    c=64 the gateway's TTFT p99 went from 2.4x direct's to 1.5-1.8x, at c=256 its throughput from
+    0.66-0.68x of direct's to 0.76-0.77x.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 class Drain:

@@ -32,7 +32,7 @@ from gateway.context import RequestContext, context_of
 from gateway.errors import GatewayError
 from gateway.grpc_server import serve_grpc
 from gateway.pipeline import Pipeline
-from lifecycle import DrainMiddleware, die_with_parent, drain_entry
+from lifecycle import DrainMiddleware, die_with_parent, drain_entry, tune_gc
 from runners.embed import Embedder
 from runners.llm import LLM
 from runners.speech import Transcriber
@@ -87,6 +87,7 @@ class Gateway:
         # KServe V2 over gRPC beside the HTTP routes when gateway.grpc_port is set (None: off);
         # every worker binds the port (SO_REUSEPORT). gateway/grpc_server.py
         self.grpc = serve_grpc(app, settings)
+        tune_gc()
 
     async def __is_ready__(self) -> bool:
         """Ready when the bundled runners answer their own health checks (vLLM's /health too).
@@ -286,6 +287,7 @@ class RemoteGateway:
         # KServe V2 over gRPC beside the HTTP routes when gateway.grpc_port is set (None: off);
         # every worker binds the port (SO_REUSEPORT). gateway/grpc_server.py
         self.grpc = serve_grpc(app, settings)
+        tune_gc()
 
     async def __is_ready__(self) -> bool:
         """Ready when every remote backend marked `required` answers its health check."""

@@ -18,7 +18,7 @@ import bentoml
 
 from contract.embedding import Embedding, EmbedInfo, EmbedInput
 from contract.names import EMBED as EMBED_NAME
-from lifecycle import DrainMiddleware, die_with_parent, drain_runner
+from lifecycle import DrainMiddleware, die_with_parent, drain_runner, tune_gc
 from runners.batching import cap_batch_hold
 from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
@@ -52,6 +52,7 @@ class Embedder:
             max_tokens=EMBED.max_input_tokens,
             batch_size=EMBED.max_batch_size,
         )
+        tune_gc()
 
     @bentoml.api(
         batchable=EMBED.batching,

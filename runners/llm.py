@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contract.names import LLM as NAME
 from contract.names import model_name
-from lifecycle import DRAIN, DrainMiddleware, die_with_parent, drain_runner
+from lifecycle import DRAIN, DrainMiddleware, die_with_parent, drain_runner, tune_gc
 from settings import LLMSettings, get_settings
 
 SETTINGS = get_settings().llm
@@ -85,6 +85,7 @@ class LLM:
         # so this worker's drain waits for the engine's own requests, not only its own.
         DRAIN.busy = self._engine_busy
         self._watch = asyncio.get_running_loop().create_task(watch_supervisor())
+        tune_gc()
 
     def __command__(self) -> list[str]:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(SETTINGS.kv_cache_space_gib))

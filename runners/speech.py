@@ -19,7 +19,7 @@ import bentoml
 from contract import audio
 from contract.names import SPEECH as SPEECH_NAME
 from contract.speech import Clip, ClipText, SpeechInfo
-from lifecycle import DrainMiddleware, die_with_parent, drain_runner
+from lifecycle import DrainMiddleware, die_with_parent, drain_runner, tune_gc
 from runners.batching import cap_batch_hold
 from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
@@ -49,6 +49,7 @@ class Transcriber:
         self.whisper: Whisper = Whisper.load(
             stored.path, device=select_device(SETTINGS.device), max_new_tokens=SPEECH.max_new_tokens
         )
+        tune_gc()
 
     @bentoml.api(
         batchable=SPEECH.batching,

@@ -24,7 +24,7 @@ from bentoml.validators import ContentType, DType
 from contract import imaging
 from contract.names import VISION as VISION_NAME
 from contract.vision import Prediction, VisionInfo
-from lifecycle import DrainMiddleware, die_with_parent, drain_runner
+from lifecycle import DrainMiddleware, die_with_parent, drain_runner, tune_gc
 from runners.batching import cap_batch_hold
 from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
 from settings import get_settings
@@ -54,6 +54,7 @@ class ImageClassifier:
         self.classifier: Classifier = Classifier.load(
             stored.path, stored.info.metadata, device=select_device(SETTINGS.device)
         )
+        tune_gc()
 
     @bentoml.api(
         batchable=VISION.batching,

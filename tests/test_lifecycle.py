@@ -4,6 +4,7 @@ signal hand-over from uvicorn. The real signals on a real bundle: tests/integrat
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import lifecycle
-from lifecycle import Drain, DrainMiddleware, install_drain
+from lifecycle import Drain, DrainMiddleware, install_drain, tune_gc
 
 
 @pytest.fixture(autouse=True)
@@ -180,3 +181,22 @@ async def test_sigterm_is_taken_over_from_uvicorn(drain: Drain) -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
+
+
+@pytest.fixture
+def restore_gc() -> Iterator[None]:
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+def test_tune_gc_takes_the_startup_heap_out_of_every_collection(restore_gc: None) -> None:
+    startup = [[i] for i in range(1000)]  # a service's imports, model and app
+    tune_gc()
+    after = [[i] for i in range(10)]  # what serving makes
+    tracked = {id(o) for o in gc.get_objects()}  # every generation the collector walks
+    assert not any(id(o) in tracked for o in startup)
+    assert all(id(o) in tracked for o in after)
+    assert gc.get_freeze_count() >= len(startup)
+    assert gc.get_threshold() == lifecycle.GC_THRESHOLD
