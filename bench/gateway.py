@@ -80,6 +80,7 @@ import httpx
 import psutil
 import yaml
 
+from lifecycle import tune_gc
 from tests.servers.bentoml_home import isolated_home
 from tests.servers.process import ServerProcess, free_port, http_ok, start_together
 from tests.servers.upstream import upstream_process
@@ -794,6 +795,7 @@ def main() -> None:
             aborts=[s.abort for s in servers.values()],
         )
         print("ready after " + ", ".join(f"{n} {t:.1f} s" for n, t in starts.items()), flush=True)
+        tune_gc()  # the client's own full collections would stall every path's streams alike
         if args.profile and "gateway" in servers:
             profiler = start_profiler(_pid(servers["gateway"]), out)
         urls = {name: servers["upstream" if name == "direct" else name].url for name in paths}

@@ -142,6 +142,8 @@ async def serve(upstream: Upstream, host: str, port: int) -> None:
 
 
 def main() -> None:
+    from lifecycle import tune_gc
+
     parser = argparse.ArgumentParser(prog="python -m tests.servers.upstream")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -155,6 +157,7 @@ def main() -> None:
     )
     if uvloop is not None:
         uvloop.install()
+    tune_gc()  # as the bundle's services do (lifecycle.py): a cheap upstream stays cheap
     asyncio.run(serve(upstream, args.host, args.port))
 
 
