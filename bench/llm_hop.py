@@ -17,7 +17,7 @@ import sys
 
 import bentoml
 
-from lifecycle import DrainMiddleware
+from lifecycle import DrainMiddleware, tune_gc
 from settings import get_settings
 
 
@@ -29,6 +29,9 @@ from settings import get_settings
     **get_settings().log.bentoml_tracing(),
 )
 class LLMHop:
+    def __init__(self) -> None:
+        tune_gc()  # as runners/llm.py's service does
+
     def __command__(self) -> list[str]:
         return [sys.executable, "-c", "import time; time.sleep(1e9)"]
 
