@@ -73,13 +73,14 @@ def tune_gc() -> None:
     `__init__`, once its imports, model and app exist.
 
     - Freeze what startup made: Python's full collection walks every tracked object, ~140,000 in
-      a gateway worker (a 91 ms collection). Relaying 64 streams, the worker ran two or three of
-      them per 13 s window, 120-145 ms each, stalling every stream at once: that was the tail of
-      its time to first token. Frozen objects are never scanned (nor freed by the collector;
-      reference counting still frees them), so a full collection costs what serving made since.
+      a gateway worker (91 ms for the ~115,000 of `import service` alone). Relaying 64 streams,
+      the worker ran two or three of them per 13 s window, 120-145 ms each, stalling every stream
+      at once: that was the tail of its time to first token. Frozen objects are never scanned
+      (nor freed by the collector; reference counting still frees them), so a full collection
+      costs what serving made since.
       vLLM's engine core does the same after its startup (`vllm.utils.gc_utils.freeze_gc_heap`).
     - Collect the youngest generation after 50,000 net new objects instead of 700: at 700 the
-      worker ran ~800 young and ~75 middle collections per window (~0.7 s, 4-5% of its CPU; each
+      worker ran 213-257 young and 20-24 middle collections per 13 s window (350-470 ms; each
       request and chunk makes short-lived dicts and coroutines that reference counting frees
       anyway). Cyclic garbage then waits longer to be freed: at most ~50,000 objects' worth.
     Measured with gc.callbacks and `bench.gateway --paths direct gateway` (2 runs each way): at
