@@ -9,6 +9,8 @@ Standard library and Starlette only, so the gateway and the runners both use it.
                             where the service refuses new work, so does every new request
     tune_gc()               once a service has started: the garbage collector stops scanning
                             what startup made and runs less often (see its docstring)
+    mend_bentoml_timeout()  BentoML's `traffic.timeout` without a timer left behind per request;
+                            done when this module is imported (every service imports it)
 
 How a worker drains (`Drain`): readiness turns 503 at once; new requests get 503 + Retry-After
 (the gateway) or are still served (the runners: their only client is the draining gateway, whose
@@ -90,6 +92,52 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLD)
+
+
+def mend_bentoml_timeout() -> None:
+    """Make BentoML's TimeoutMiddleware (`traffic.timeout`) cancel its timer once it is moot.
+
+    BentoML's (1.4.39) arms `loop.call_later(timeout, ...)` for every request, never cancels it,
+    and runs the request in a task of its own. Each timer, and the future it holds, lives for the
+    whole `traffic.timeout` after its request is done: with the gateway's 3600 s a worker's
+    memory grew ~0.7 MB per 1,000 requests and kept growing for an hour (measured: 131 -> 202 MB
+    over 100,000 requests, 1,300 requests/s; at that rate an hour holds ~3 GB of dead timers).
+
+    The same contract, mended: a request that has sent nothing after `timeout` seconds is
+    cancelled and answered 504 with BentoML's own body; the first message it sends lifts the
+    deadline (a stream may then run as long as it likes); the deadline's timer is cancelled
+    then or when the request ends; the request runs in its own task, not in a second one.
+    Patched on the class, so middleware stacks built before the call use it too.
+    """
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    TimeoutMiddleware.__call__ = _first_byte_deadline  # type: ignore[method-assign]
+
+
+async def _first_byte_deadline(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] not in ("http", "websocket"):
+        await self.app(scope, receive, send)
+        return
+    deadline = asyncio.timeout(self.timeout)
+    started = False
+
+    async def send_lifting(message: Message) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            deadline.reschedule(None)
+        await send(message)
+
+    try:
+        async with deadline:
+            await self.app(scope, receive, send_lifting)
+    except TimeoutError:
+        if not deadline.expired() or started:
+            raise  # the app's own TimeoutError, not this deadline's
+        from starlette.responses import JSONResponse
+
+        error = f"Not able to process the request in {self.timeout} seconds"
+        await JSONResponse({"error": error}, status_code=504)(scope, receive, send)
 
 
 class Drain:
@@ -270,3 +318,6 @@ async def _plain(
     with contextlib.suppress(OSError):
         await send(start)
         await send({"type": "http.response.body", "body": body})
+
+
+mend_bentoml_timeout()  # on import: every service of the bundle imports this module

@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.gateway --concurrency 1 16 --rounds 1 --requests 20   # a smoke run
     .venv/bin/python -m bench.gateway --out bench/results/gateway-$(date +%Y%m%d-%H%M%S)
 
-It starts four servers and measures four paths to the same engine:
+It starts one server per path and measures these paths to the same engine:
 
     direct    the deterministic upstream (tests/servers/upstream.py): 5 ms prefill, 5 ms per token,
               64 tokens, SSE chunks in vLLM's format with usage; it costs far less than what it
@@ -19,6 +19,9 @@ It starts four servers and measures four paths to the same engine:
     llm-hop   the LLM service's own hop alone (bench/llm_hop.py): BentoML's reverse proxy for a
               service with a custom command, configured as runners/llm.py configures it, in front
               of the upstream; a bundled stream crosses it after the gateway
+    asgi-relay the floor of an ASGI relay (bench/asgi_relay.py): a bare ASGI app under uvicorn
+              (uvloop, httptools, as BentoML serves) relaying through one aiohttp session, the
+              gateway's read; no Starlette, BentoML, routing or pipeline
     tcp-relay the floor (bench/tcp_relay.py): a uvloop byte pipe, one socket write per socket
               read, no HTTP; no relay written in Python can cost less per chunk
 
@@ -88,8 +91,8 @@ from tests.servers.upstream import upstream_process
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = ROOT / ".venv-litellm"
 MODEL = "fixed-llm"
-PATHS = ("direct", "gateway", "litellm", "llm-hop", "tcp-relay")
-PROXIES = ("gateway", "litellm", "llm-hop", "tcp-relay")
+PATHS = ("direct", "gateway", "litellm", "llm-hop", "asgi-relay", "tcp-relay")
+PROXIES = ("gateway", "litellm", "llm-hop", "asgi-relay", "tcp-relay")
 PREFILL_MS, TOKEN_MS, TOKENS = 5.0, 5.0, 64
 READ_TIMEOUT_S = 60.0
 TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=10.0)
@@ -145,6 +148,19 @@ def tcp_relay_process(upstream_url: str) -> ServerProcess:
     command = [sys.executable, "-m", "bench.tcp_relay", "--port", str(port), "--upstream", upstream]
     return ServerProcess(
         "bench-tcp-relay", command, ready=http_ok(f"{url}/health"), url=url, cwd=ROOT
+    )
+
+
+def asgi_relay_process(upstream_url: str) -> ServerProcess:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "bench.asgi_relay", "--port", str(port)]
+    return ServerProcess(
+        "bench-asgi-relay",
+        [*command, "--upstream", upstream_url],
+        ready=http_ok(f"{url}/health"),
+        url=url,
+        cwd=ROOT,
     )
 
 
@@ -775,6 +791,8 @@ def main() -> None:
         servers["litellm"] = litellm_process(upstream.url, directory, workers=args.proxy_workers)
     if "llm-hop" in paths:
         servers["llm-hop"] = llm_hop_process(upstream.url, directory)
+    if "asgi-relay" in paths:
+        servers["asgi-relay"] = asgi_relay_process(upstream.url)
     if "tcp-relay" in paths:
         servers["tcp-relay"] = tcp_relay_process(upstream.url)
     for name in ("gateway-routes.yaml", "litellm.yaml"):

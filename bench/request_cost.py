@@ -13,11 +13,14 @@ sequential requests from one keep-alive client, kind by kind, in interleaved rou
     chat, plain          + routing, breaker, admission, the upstream call, the JSON answer
     chat, streamed       the same as a 1-token server-sent event stream
     direct               the same streamed chat straight to the upstream (no gateway)
+    asgi-relay           the same streamed chat through bench/asgi_relay.py (uvicorn + aiohttp,
+                         nothing else): the floor of any relay inside an ASGI server
     aiohttp alone        the same streamed chat sent by an aiohttp session in this process, as
                          the gateway's OpenAI adapter sends it: the upstream client's own share
 
 Per kind: latency p50/p99 at the client, and CPU time (user + system, /proc through psutil) of
-the gateway's whole process tree per request (for "aiohttp alone", of this process). The table
+the gateway's whole process tree per request (for "asgi-relay", of that server's; for "aiohttp
+alone", of this process). The table
 gives each kind's CPU as a share of the streamed chat's. On a GPU machine the command is the same
 (every process here is a CPU process).
 """
@@ -34,7 +37,14 @@ from pathlib import Path
 
 import httpx
 
-from bench.gateway import MODEL, cpu_delta, gateway_process, percentile, tree_cpu
+from bench.gateway import (
+    MODEL,
+    asgi_relay_process,
+    cpu_delta,
+    gateway_process,
+    percentile,
+    tree_cpu,
+)
 from tests.servers.upstream import upstream_process
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -91,12 +101,16 @@ def main() -> None:
     upstream = upstream_process(prefill_ms=0, token_ms=0, tokens=1).start()
     directory = Path(tempfile.mkdtemp(prefix="bench-request-cost-"))
     gateway = gateway_process(upstream.url, directory, workers=1, max_c=1).start()
-    assert gateway.proc is not None
+    relay = asgi_relay_process(upstream.url).start()
+    assert gateway.proc is not None and relay.proc is not None
     kinds = ["GET /livez", "GET /v1/models", "chat, plain", "chat, streamed", "direct"]
+    kinds.append("asgi-relay")
+    bases = {"direct": upstream.url, "asgi-relay": relay.url}
+    pids = {"asgi-relay": relay.proc.pid}
     latencies: dict[str, list[float]] = {k: [] for k in [*kinds, "aiohttp alone"]}
     cpu: dict[str, list[float]] = {k: [] for k in latencies}
     try:
-        senders = {k: sender(upstream.url if k == "direct" else gateway.url, k) for k in kinds}
+        senders = {k: sender(bases.get(k, gateway.url), k) for k in kinds}
         with httpx.Client(timeout=30) as client:
             for send in senders.values():  # warm every path
                 for _ in range(100):
@@ -105,18 +119,20 @@ def main() -> None:
                 order = kinds if round_ % 2 == 0 else kinds[::-1]
                 for kind in order:
                     send = senders[kind]
-                    before = tree_cpu(gateway.proc.pid)
+                    pid = pids.get(kind, gateway.proc.pid)
+                    before = tree_cpu(pid)
                     for _ in range(args.requests):
                         start = time.perf_counter()
                         send(client).raise_for_status()
                         latencies[kind].append(time.perf_counter() - start)
-                    per = cpu_delta(before, tree_cpu(gateway.proc.pid)) / args.requests
+                    per = cpu_delta(before, tree_cpu(pid)) / args.requests
                     cpu[kind].append(0.0 if kind == "direct" else per)
                 lat, per = aiohttp_cpu(upstream.url, args.requests)
                 latencies["aiohttp alone"] += lat
                 cpu["aiohttp alone"].append(per)
                 print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
     finally:
+        relay.stop()
         gateway.stop()
         upstream.stop()
         shutil.rmtree(directory, ignore_errors=True)
@@ -128,7 +144,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for kind, values in latencies.items():
         share = statistics.median(cpu[kind])
-        who = " (this process)" if kind == "aiohttp alone" else ""
+        who = {"aiohttp alone": " (this process)", "asgi-relay": " (the relay)"}.get(kind, "")
         ratio = "-" if kind == "direct" else f"{share / streamed:.2f}"
         cost = "-" if kind == "direct" else f"{share * 1000:.3f}{who}"
         print(f"| {kind} | {percentile(values, 0.5) * 1000:.3f} | "

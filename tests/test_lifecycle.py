@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -200,3 +201,74 @@ def test_tune_gc_takes_the_startup_heap_out_of_every_collection(restore_gc: None
     assert all(id(o) in tracked for o in after)
     assert gc.get_freeze_count() >= len(startup)
     assert gc.get_threshold() == lifecycle.GC_THRESHOLD
+
+
+# BentoML's TimeoutMiddleware (traffic.timeout), as lifecycle mends it on import.
+
+
+def timeout_middleware(app: Any, timeout: float) -> Any:
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    return TimeoutMiddleware(app, timeout=timeout)
+
+
+async def call(app: Any) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send)
+    return sent
+
+
+def answering(*, delay_s: float = 0.0, chunks: int = 1, gap_s: float = 0.0) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(delay_s)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(chunks):
+            await asyncio.sleep(gap_s)
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def live_timers() -> int:
+    loop = asyncio.get_running_loop()
+    return sum(not h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
+
+
+async def test_bentomls_request_timeout_leaves_no_timer_behind() -> None:
+    """BentoML's own armed a timer per request for the whole traffic.timeout (the gateway's:
+    3600 s), never cancelled: a worker's memory grew ~0.7 MB per 1,000 requests."""
+    middleware = timeout_middleware(answering(), timeout=3600)
+    before = live_timers()
+    for _ in range(200):
+        assert (await call(middleware))[0]["status"] == 200
+    assert live_timers() == before
+
+
+async def test_a_request_that_sends_nothing_in_time_gets_bentomls_504() -> None:
+    sent = await call(timeout_middleware(answering(delay_s=1.0), timeout=0.05))
+    assert sent[0]["status"] == 504
+    assert b"Not able to process the request in 0.05 seconds" in sent[1]["body"]
+
+
+async def test_a_response_that_has_started_may_outlast_the_timeout() -> None:
+    sent = await call(timeout_middleware(answering(chunks=5, gap_s=0.03), timeout=0.05))
+    assert sent[0]["status"] == 200
+    assert [m.get("body") for m in sent[1:]] == [b"x"] * 5 + [b""]
+
+
+async def test_the_apps_own_timeout_error_is_not_taken_for_the_deadline() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise TimeoutError("the backend's")
+
+    # (BentoML's own waited here for the whole timeout: nothing was sent to end its wait)
+    with pytest.raises(TimeoutError, match="the backend's"):
+        await asyncio.wait_for(call(timeout_middleware(app, timeout=3600)), 5)
