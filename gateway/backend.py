@@ -183,11 +183,13 @@ async def _open_stream(
 
 
 async def close_stream(chunks: AsyncIterator[bytes]) -> None:
-    """Close a stream even in a cancelled task (the client went away): shielded."""
+    """Close a stream even in a cancelled task (the client went away): shielded. A generator
+    that has run to its end has nothing left to close (the common case: no cancel scope)."""
     close = getattr(chunks, "aclose", None)
-    if close is not None:
-        with anyio.CancelScope(shield=True):
-            await close()
+    if close is None or getattr(chunks, "ag_frame", True) is None:
+        return
+    with anyio.CancelScope(shield=True):
+        await close()
 
 
 def _retryable(err: BackendUnavailable) -> bool:

@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 
 from gateway.errors import PermissionDenied, Unauthorized
 from settings import AuthSettings, KeySettings
@@ -160,7 +161,7 @@ def token_from_headers(headers: Mapping[str, str]) -> str | None:
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)  # Starlette's Headers are case-insensitive; a dict may not be
-    if value is None:
+    if value is None and not isinstance(headers, Headers):
         value = next((v for k, v in headers.items() if k.lower() == name), None)
     return value
 
