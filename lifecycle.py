@@ -1,6 +1,7 @@
 """Process lifecycle shared by every service of the bundle: drain on SIGTERM, die with the parent.
 
-Standard library and Starlette only, so the gateway and the runners both use it.
+Standard library and Starlette (BentoML only for the one method it mends), so the gateway and
+the runners both use it.
 
     die_with_parent()       the kernel sends this process SIGTERM when its parent dies, so no
                             worker outlives `bentoml serve` (nor a supervisor its owner)
@@ -34,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from settings import DrainSettings
@@ -134,8 +136,6 @@ async def _first_byte_deadline(self: Any, scope: Scope, receive: Receive, send: 
     except TimeoutError:
         if not deadline.expired() or started:
             raise  # the app's own TimeoutError, not this deadline's
-        from starlette.responses import JSONResponse
-
         error = f"Not able to process the request in {self.timeout} seconds"
         await JSONResponse({"error": error}, status_code=504)(scope, receive, send)
 

@@ -20,9 +20,8 @@ sequential requests from one keep-alive client, kind by kind, in interleaved rou
 
 Per kind: latency p50/p99 at the client, and CPU time (user + system, /proc through psutil) of
 the gateway's whole process tree per request (for "asgi-relay", of that server's; for "aiohttp
-alone", of this process). The table
-gives each kind's CPU as a share of the streamed chat's. On a GPU machine the command is the same
-(every process here is a CPU process).
+alone", of this process). The table gives each kind's CPU as a share of the streamed chat's. On a
+GPU machine the command is the same (every process here is a CPU process).
 """
 
 from __future__ import annotations
@@ -103,8 +102,9 @@ def main() -> None:
     gateway = gateway_process(upstream.url, directory, workers=1, max_c=1).start()
     relay = asgi_relay_process(upstream.url).start()
     assert gateway.proc is not None and relay.proc is not None
-    kinds = ["GET /livez", "GET /v1/models", "chat, plain", "chat, streamed", "direct"]
-    kinds.append("asgi-relay")
+    kinds = [
+        "GET /livez", "GET /v1/models", "chat, plain", "chat, streamed", "direct", "asgi-relay"
+    ]  # fmt: skip
     bases = {"direct": upstream.url, "asgi-relay": relay.url}
     pids = {"asgi-relay": relay.proc.pid}
     latencies: dict[str, list[float]] = {k: [] for k in [*kinds, "aiohttp alone"]}
