@@ -22,6 +22,7 @@ from contract import imaging
 from tests.integration.conftest import SLEEPY_SECONDS, RoutingStack
 from tests.integration.prometheus import metric_value
 from tests.media import image_bytes, noise_image
+from tests.servers.triton import settled_stats
 from tests.servers.triton_models import (
     CLASSIFY_SHAPE,
     FAIL_MESSAGE,
@@ -134,7 +135,7 @@ def test_triton_still_batches_what_the_gateway_forwards(
     before = stats()
     with ThreadPoolExecutor(len(xs)) as pool:
         responses = list(pool.map(lambda x: infer_json(stack.url, "scale", x), xs))
-    after = stats()
+    after = settled_stats(stats, before[0] + len(xs))
     for i, r in enumerate(responses):
         assert r.status_code == 200, r.text
         assert r.json()["outputs"][0]["data"] == [2.0 * i + 1] * 8  # xs[i] * 2 + 1

@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from .triton import MODELS, TritonProcess, start_triton
+from .triton import MODELS, TritonProcess, settled_stats, start_triton
 from .triton_models import (
     CLASSIFY_LABELS,
     CLASSIFY_SHAPE,
@@ -172,7 +172,7 @@ def test_dynamic_batching_forms_batches_grpc_async(
         i, result, error = results.get(timeout=30)
         assert error is None, error
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 8), 2 * i + 1))
-    after = _scale_stats(http)
+    after = settled_stats(lambda: _scale_stats(http), before[0] + len(xs))
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == 16
     assert executions < inferences, f"no batch > 1: {executions} executions for 16 requests"
@@ -201,7 +201,7 @@ def test_dynamic_batching_forms_batches_http_threads(
     before = _scale_stats(http)
     with ThreadPoolExecutor(max_workers=len(xs)) as pool:
         outs = list(pool.map(one, xs))
-    after = _scale_stats(http)
+    after = settled_stats(lambda: _scale_stats(http), before[0] + len(xs))
     for i, out in enumerate(outs):
         np.testing.assert_array_equal(out, np.full((1, 8), 2 * i + 1))  # xs[i] * 2 + 1
     inferences, executions = after[0] - before[0], after[1] - before[1]

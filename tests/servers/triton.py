@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -296,3 +296,21 @@ def start_triton(
     with server:
         server.start()
         yield server
+
+
+def settled_stats(
+    read: Callable[[], tuple[int, int]], inferences: int, timeout_s: float = 10.0
+) -> tuple[int, int]:
+    """Read (inference_count, execution_count) until the first reaches ``inferences``.
+
+    Triton records a request in its statistics when the request is released, which can come
+    after its response has reached the client: read straight after the last response, the
+    counts can still miss that batch (seen once: 0 of 16 recorded). Returns the last read
+    when the count does not get there in ``timeout_s``, so the caller's assert says by how much.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = read()
+        if counts[0] >= inferences or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.02)
