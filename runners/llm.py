@@ -70,7 +70,9 @@ def served_name(settings: LLMSettings) -> str:
 @bentoml.service(
     name=NAME,
     http={"proxy_port": SETTINGS.port},
-    traffic={"timeout": 3600},  # long streams must not be cut
+    # Time to the first byte only (lifecycle mends BentoML's timeout): long enough for a long
+    # generation that is not streamed; a stream, once started, runs as long as it needs.
+    traffic={"timeout": 3600},
     workers=1,
     **get_settings().log.bentoml_tracing(),  # no span per relayed chunk unless log.trace_requests
 )
