@@ -80,6 +80,9 @@ class VisionSettings(_Section):
     # the last burst.
     max_hold_ms: float = Field(10, ge=0)
     top_k: int = Field(5, ge=1)  # predictions returned when a request names no top_k
+    # "optimized": TorchScript traced, frozen and optimized for inference at load (checked
+    # against eager first; eager when that fails); "eager": the model as stored, in PyTorch.
+    graph: Literal["eager", "optimized"] = "optimized"
 
 
 class SpeechSettings(_Section):

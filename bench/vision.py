@@ -16,9 +16,11 @@
    and the same max batch size. The same client sends both the same KServe V2 request, one
    preprocessed float32 (1, 3, 224, 224) tensor with the binary tensor extension, to the
    gateway's `/v2/models/<m>/infer` and to Triton's, alternating which goes first per level.
-   Each server's "vs raw" divides by the forward it runs, measured around its window: eager
-   PyTorch for the runner, the TorchScript module for Triton (the raw rows show both).
-   `--no-triton` skips it.
+   Each server's "vs raw" divides by the forward it runs, measured around its window: the
+   runner's graph (`--graph`, its `vision.graph`: optimized TorchScript by default, or eager
+   PyTorch) for the runner, Triton's TorchScript module (`--triton-graph`: the plain trace a
+   Triton user ships, by default, or the runner's optimized graph) for Triton; the raw rows show
+   both. `--no-triton` skips it.
 5. Prints one table: throughput and p50/p99 latency of the successful requests, the mean batch
    the runner (or Triton) formed, the requests BentoML shed (503: it expected them to miss
    max_latency_ms), and ratios to the raw forward, to the unbatched service and to Triton.
@@ -200,15 +202,20 @@ def raw_rows(workload: Workload, min_seconds: float) -> list[Row]:
 
 
 def raw_vision(
-    path: Path, metadata: dict[str, Any], device: str
+    path: Path, metadata: dict[str, Any], device: str, graph: str
 ) -> tuple[Callable[[int], object], float]:
-    """The batch runner, and the gateway's per-image preprocessing cost in ms (for the notes)."""
+    """The batch runner (its `graph`), and the gateway's per-image preprocessing cost in ms."""
     import torch
 
     from contract import imaging
     from runners.classifier import Classifier
 
-    classifier = Classifier.load(path, metadata, device=torch.device(device))
+    classifier = Classifier.load(
+        path,
+        metadata,
+        device=torch.device(device),
+        graph=graph,  # type: ignore[arg-type]
+    )
     pixels = np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
     data = jpeg(0)
     start = time.perf_counter()
@@ -317,7 +324,9 @@ def window(
 
 
 @contextmanager
-def served(home: Path, *, batching: bool, max_batch: dict[str, int], device: str) -> Iterator[str]:
+def served(
+    home: Path, *, batching: bool, max_batch: dict[str, int], device: str, graph: str
+) -> Iterator[str]:
     """`bentoml serve bench.services:MediaGateway` over the bench models; yields its URL.
 
     Each runner's max_batch_size is the raw sweep's best batch size (BentoML needs at least 2):
@@ -329,7 +338,10 @@ def served(home: Path, *, batching: bool, max_batch: dict[str, int], device: str
 
     speech = _section(SpeechSettings(), WHISPER_TINY, batching, max_batch["speech"])
     config = {
-        "vision": _section(VisionSettings(), RESNET50, batching, max_batch["vision"]),
+        "vision": {
+            **_section(VisionSettings(), RESNET50, batching, max_batch["vision"]),
+            "graph": graph,
+        },
         "speech": {**speech, "max_new_tokens": WHISPER_TOKENS},
         "device": device,  # the runners run where the raw forward ran
     }
@@ -375,25 +387,28 @@ TRITON_VENV = ROOT / ".venv-triton-bench"
 TRITON_MODEL = "resnet-50"
 
 
-def trace_resnet(path: Path, out: Path, device: str) -> tuple[Path, Callable[[int], object]]:
-    """The stored ResNet-50 traced to TorchScript for Triton on `device`, and its raw forward in
-    this process (softmax included, as both servers run it) to compare with the eager one."""
+def trace_resnet(
+    path: Path, out: Path, device: str, graph: str = "trace"
+) -> tuple[Path, Callable[[int], object]]:
+    """The stored ResNet-50 as TorchScript for Triton on `device`, and its raw forward in this
+    process (softmax included, as both servers run it). `graph`: "trace", torch.jit.trace alone
+    (what a Triton user ships), or "optimized", the vision runner's own graph
+    (runners/classifier.py: traced, frozen, optimized for inference)."""
     import torch
     from transformers import AutoModelForImageClassification
 
-    model = AutoModelForImageClassification.from_pretrained(path).to(device).eval()
+    from models.export import LogitsOnly
+    from runners.classifier import optimized
 
-    class Logits(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            return self.model(pixel_values=pixel_values, return_dict=False)[0]
-
-    with torch.no_grad():
-        traced = torch.jit.trace(Logits(), torch.zeros(1, 3, 224, 224, device=device))
-    traced.save(str(out))
+    model = LogitsOnly(AutoModelForImageClassification.from_pretrained(path)).to(device).eval()
+    if graph == "optimized":
+        script = optimized(model, (3, 224, 224), torch.device(device))
+        if script is None:
+            raise SystemExit("--triton-graph optimized: the optimized graph failed (logged above)")
+    else:
+        with torch.no_grad():
+            script = torch.jit.trace(model, torch.zeros(1, 3, 224, 224, device=device))
+    script.save(str(out))
     net = torch.jit.load(str(out), map_location=device).eval()
     pixels = np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
 
@@ -531,14 +546,16 @@ def _f(value: float | int | None, spec: str) -> str:
 # --- main --------------------------------------------------------------------------------------
 
 
-def workloads(home: Path, quick: bool, device: str) -> tuple[Workload, Workload, float, Path]:
+def workloads(
+    home: Path, quick: bool, device: str, graph: str
+) -> tuple[Workload, Workload, float, Path]:
     """The two workloads over freshly created bench models, the preprocessing ms per image, and
     where the ResNet-50 is stored."""
     from bench.models import RESNET50, WHISPER_TINY, create_resnet50, create_whisper_tiny
 
     print("creating models ...", flush=True)
     resnet, whisper = create_resnet50(), create_whisper_tiny()
-    forward, prep_ms = raw_vision(resnet.path, dict(resnet.metadata), device)
+    forward, prep_ms = raw_vision(resnet.path, dict(resnet.metadata), device, graph)
     vision = Workload(
         "resnet-50", "vision", "img", (1, 8, 16, 32),
         {1: 24, 8: 96, 32: 192}, 16, send_image(RESNET50), forward,
@@ -554,6 +571,8 @@ def workloads(home: Path, quick: bool, device: str) -> tuple[Workload, Workload,
 
 
 def main() -> None:
+    from settings import VisionSettings
+
     parser = argparse.ArgumentParser(
         prog="python -m bench.vision", description=__doc__.split("\n")[0]
     )
@@ -567,6 +586,17 @@ def main() -> None:
         help="where every forward runs: the raw one, the runners', Triton's (default: CUDA if "
              "torch sees it, as the runners choose)",
     )  # fmt: skip
+    parser.add_argument(
+        "--graph", choices=("optimized", "eager"), default=VisionSettings().graph,
+        help="the vision runner's graph (its vision.graph) and the raw forward's (default: the "
+             "runner's default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--triton-graph", choices=("trace", "optimized"), default="trace",
+        help="what Triton loads: torch.jit.trace of the model, as a Triton user ships it "
+             "(default), or the runner's optimized graph (the same network code as --graph "
+             "optimized runs)",
+    )  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
     home = Path(tempfile.mkdtemp(prefix="bench-bentoml-"))
@@ -577,13 +607,20 @@ def main() -> None:
 
         device = select_device(args.device).type
         print(f"device: {device}", flush=True)
-        print(table(run(home, quick=args.quick, triton=args.triton, device=device)))
+        print(f"vision graph: runner {args.graph}, Triton {args.triton_graph}", flush=True)
+        rows = run(
+            home, quick=args.quick, triton=args.triton, device=device,
+            graph=args.graph, triton_graph=args.triton_graph,
+        )  # fmt: skip
+        print(table(rows))
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; budget: the runner's max_latency_ms")
 
 
-def run(home: Path, *, quick: bool, triton: bool, device: str) -> list[Row]:
+def run(
+    home: Path, *, quick: bool, triton: bool, device: str, graph: str, triton_graph: str
+) -> list[Row]:
     from bench.models import RESNET50
     from contract.names import model_name
     from settings import SpeechSettings, VisionSettings
@@ -591,7 +628,7 @@ def run(home: Path, *, quick: bool, triton: bool, device: str) -> list[Row]:
     if triton:
         print("scripts/triton-env --bench ...", flush=True)
         ensure_triton_env(device)
-    vision, speech, prep_ms, resnet_path = workloads(home, quick, device)
+    vision, speech, prep_ms, resnet_path = workloads(home, quick, device, graph)
     print("raw forward ...", flush=True)
     sweep = {w.name: raw_rows(w, min_seconds=2.0 if quick else 5.0) for w in (vision, speech)}
     best = {
@@ -599,9 +636,9 @@ def run(home: Path, *, quick: bool, triton: bool, device: str) -> list[Row]:
     }
     traced: Path | None = None
     if triton:
-        traced, scripted = trace_resnet(resnet_path, home / "resnet50.pt", device)
+        traced, scripted = trace_resnet(resnet_path, home / "resnet50.pt", device, triton_graph)
         rate = raw_rate(scripted, best[vision.name], min_seconds=2.0 if quick else 5.0)
-        path = f"raw TorchScript, batch {best[vision.name]}"
+        path = f"raw TorchScript ({triton_graph}), batch {best[vision.name]}"
         sweep[vision.name].append(Row(vision.name, path, vision.unit, rate))
         print(f"  {path} (what Triton runs): {rate:.1f} img/s", flush=True)
     budgets = {"vision": VisionSettings().max_latency_ms, "speech": SpeechSettings().max_latency_ms}
@@ -609,7 +646,9 @@ def run(home: Path, *, quick: bool, triton: bool, device: str) -> list[Row]:
     for batching, mode in ((True, "batched"), (False, "unbatched")):
         print(f"serving, {mode} ...", flush=True)
         max_batch = {w.runner: best[w.name] for w in (vision, speech)}
-        with served(home, batching=batching, max_batch=max_batch, device=device) as url:
+        with served(
+            home, batching=batching, max_batch=max_batch, device=device, graph=graph
+        ) as url:
             for w in (vision, speech):
                 probe = functools.partial(raw_rate, w.forward, best[w.name], min_seconds=1.5)
                 budget = budgets[w.runner] if batching else None

@@ -52,7 +52,10 @@ class ImageClassifier:
         stored = self.model
         self.tag = str(stored.tag)
         self.classifier: Classifier = Classifier.load(
-            stored.path, stored.info.metadata, device=select_device(SETTINGS.device)
+            stored.path,
+            stored.info.metadata,
+            device=select_device(SETTINGS.device),
+            graph=VISION.graph,
         )
         tune_gc()
 

@@ -31,10 +31,12 @@ def tiny_resnet() -> Any:
     return ResNetForImageClassification(config).eval()
 
 
-@pytest.fixture(scope="module", params=["transformers", "torch-export"])
-def classifier(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Classifier:
+FORMATS = ["transformers", "torch-export"]
+
+
+@pytest.fixture(scope="module", params=FORMATS)
+def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random ResNet stored in one of the two formats (same weights in both)."""
     from models.export import LogitsOnly, export_program
     from models.store import EXPORT_FILE
 
@@ -44,8 +46,19 @@ def classifier(
         model.save_pretrained(path)
     else:
         torch.export.save(export_program(LogitsOnly(model), 32), path / EXPORT_FILE)
-    metadata = {"format": request.param, "labels": LABELS, "preprocessing": PREPROCESSING}
-    return Classifier.load(path, metadata, device=torch.device("cpu"))
+    return path
+
+
+def metadata_of(path: Path) -> dict[str, Any]:
+    fmt = "torch-export" if any(path.glob("*.pt2")) else "transformers"
+    return {"format": fmt, "labels": LABELS, "preprocessing": PREPROCESSING}
+
+
+@pytest.fixture(scope="module", params=["eager", "optimized"])
+def classifier(request: pytest.FixtureRequest, stored: Path) -> Classifier:
+    return Classifier.load(
+        stored, metadata_of(stored), device=torch.device("cpu"), graph=request.param
+    )
 
 
 def pixels(n: int, seed: int = 0) -> np.ndarray:
@@ -85,3 +98,38 @@ def test_top_k_breaks_ties_by_lower_index() -> None:
 def test_unknown_format_fails_loudly(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown model format"):
         Classifier.load(tmp_path, {"format": "onnx"}, device=torch.device("cpu"))
+
+
+def test_the_optimized_graph_is_torchscript_and_agrees_with_eager(stored: Path) -> None:
+    eager = Classifier.load(stored, metadata_of(stored), device=torch.device("cpu"))
+    fast = Classifier.load(
+        stored, metadata_of(stored), device=torch.device("cpu"), graph="optimized"
+    )
+    assert isinstance(fast._forward, torch.jit.ScriptModule)  # not the eager fallback
+    assert not isinstance(eager._forward, torch.jit.ScriptModule)
+    for n in (1, 2, 5, 8):  # traced with 2: other batch sizes run the same graph
+        x = pixels(n, seed=n)
+        np.testing.assert_allclose(fast.probabilities(x), eager.probabilities(x), atol=1e-5)
+
+
+class BatchOfTwoIsSpecial(torch.nn.Module):
+    """Its Python branch on the batch size is frozen into a trace made with a batch of 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :5] * (2.0 if x.shape[0] == 2 else 1.0)
+
+
+class Untraceable(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(x.numpy().copy())  # leaves torch: the tracer cannot follow
+
+
+@pytest.mark.parametrize("module", [BatchOfTwoIsSpecial(), Untraceable()])
+def test_a_graph_that_does_not_hold_falls_back_to_eager_with_a_warning(
+    module: torch.nn.Module, caplog: pytest.LogCaptureFixture
+) -> None:
+    from runners.classifier import optimized
+
+    with caplog.at_level("WARNING", logger="runners.classifier"):
+        assert optimized(module, (3, 32, 32), torch.device("cpu")) is None
+    assert "serving eager PyTorch" in caplog.text
