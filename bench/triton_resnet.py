@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-delay-us", type=int, default=5000, help="dynamic batcher delay")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--optimize", action="store_true",
+        help="freeze the module and torch.jit.optimize_for_inference it at load, as the bundle's "
+             "vision runner does (vision.graph: optimized; such a graph does not serialize)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     import torch
@@ -48,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             "--device cuda: torch sees no CUDA device (BUILD=gpu scripts/triton-env --bench)"
         )
     net = torch.jit.load(args.model, map_location=args.device).eval()
+    if args.optimize:
+        with torch.no_grad():
+            net = torch.jit.optimize_for_inference(torch.jit.freeze(net))
 
     @batch
     def infer(pixel_values: np.ndarray) -> dict[str, np.ndarray]:

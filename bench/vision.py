@@ -390,10 +390,12 @@ TRITON_MODEL = "resnet-50"
 def trace_resnet(
     path: Path, out: Path, device: str, graph: str = "trace"
 ) -> tuple[Path, Callable[[int], object]]:
-    """The stored ResNet-50 as TorchScript for Triton on `device`, and its raw forward in this
-    process (softmax included, as both servers run it). `graph`: "trace", torch.jit.trace alone
-    (what a Triton user ships), or "optimized", the vision runner's own graph
-    (runners/classifier.py: traced, frozen, optimized for inference)."""
+    """The stored ResNet-50 traced to TorchScript for Triton on `device`, and the raw forward of
+    what Triton runs, in this process (softmax included, as both servers run it). `graph`:
+    "trace", the trace as it is (what a Triton user ships), or "optimized", the vision runner's
+    graph (runners/classifier.py: traced, frozen, optimized for inference). An optimized graph
+    does not serialize (its oneDNN constants do not load back), so for it Triton optimizes the
+    trace at load (bench/triton_resnet.py --optimize), as the runner does."""
     import torch
     from transformers import AutoModelForImageClassification
 
@@ -401,15 +403,13 @@ def trace_resnet(
     from runners.classifier import optimized
 
     model = LogitsOnly(AutoModelForImageClassification.from_pretrained(path)).to(device).eval()
-    if graph == "optimized":
-        script = optimized(model, (3, 224, 224), torch.device(device))
-        if script is None:
-            raise SystemExit("--triton-graph optimized: the optimized graph failed (logged above)")
-    else:
-        with torch.no_grad():
-            script = torch.jit.trace(model, torch.zeros(1, 3, 224, 224, device=device))
-    script.save(str(out))
+    with torch.no_grad():
+        torch.jit.trace(model, torch.zeros(2, 3, 224, 224, device=device)).save(str(out))
     net = torch.jit.load(str(out), map_location=device).eval()
+    if graph == "optimized":
+        net = optimized(model, (3, 224, 224), torch.device(device))
+        if net is None:
+            raise SystemExit("--triton-graph optimized: the optimized graph failed (logged above)")
     pixels = np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
 
     def forward(n: int) -> object:  # from host memory and back, as a server's batch is
@@ -431,7 +431,9 @@ def ensure_triton_env(device: str) -> None:
 
 
 @contextmanager
-def triton_served(model_file: Path, max_batch: int, device: str) -> Iterator[str]:
+def triton_served(
+    model_file: Path, max_batch: int, device: str, graph: str = "trace"
+) -> Iterator[str]:
     from tests.servers.process import ServerProcess, free_port, http_ok
 
     http, grpc, metrics = free_port(), free_port(), free_port()
@@ -440,7 +442,7 @@ def triton_served(model_file: Path, max_batch: int, device: str) -> Iterator[str
         str(TRITON_VENV / "bin" / "python"), str(ROOT / "bench" / "triton_resnet.py"),
         "--model", str(model_file), "--max-batch-size", str(max(2, max_batch)),
         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-        "--device", device,
+        "--device", device, *(["--optimize"] if graph == "optimized" else []),
     ]  # fmt: skip
     server = ServerProcess(
         "bench-triton",
@@ -507,9 +509,10 @@ def table(rows: list[Row]) -> str:
     best = {m: max(r.per_s for r in raw if r.model == m) for m in {r.model for r in raw}}
     unbatched = {(r.model, r.concurrency): r.per_s for r in rows if r.path.endswith("unbatched")}
     triton = {(r.model, r.concurrency): r.per_s for r in rows if r.path.startswith("Triton")}
+    width = max(24, *(len(r.path) + 3 for r in rows))
     head = (
-        f"{'model':<13}{'path':<24}{'conc':>5}{'reqs':>6}{'rate/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'budget':>8}{'batch':>7}{'shed':>5}{'err':>5}{'vs raw':>8}{'vs unbat':>10}"
+        f"{'model':<13}{'path':<{width}}{'conc':>5}{'reqs':>6}{'rate/s':>9}{'p50 ms':>9}"
+        f"{'p99 ms':>9}{'budget':>8}{'batch':>7}{'shed':>5}{'err':>5}{'vs raw':>8}{'vs unbat':>10}"
         f"{'vs triton':>11}"
     )
     lines = [head, "-" * len(head)]
@@ -526,7 +529,7 @@ def table(rows: list[Row]) -> str:
         served = r.concurrency is not None
         vs_raw = r.per_s / (r.raw_ref or best[r.model])
         cells = [
-            f"{r.model:<13}{r.path + mark:<24}",
+            f"{r.model:<13}{r.path + mark:<{width}}",
             f"{_f(r.concurrency, 'd'):>5}{_f(r.requests if served else None, 'd'):>6}",
             f"{r.per_s:>9.1f}{_f(r.p50_ms, '.0f'):>9}{_f(r.p99_ms, '.0f'):>9}",
             f"{_f(r.budget_ms, 'd'):>8}{_f(r.mean_batch, '.1f'):>7}",
@@ -659,7 +662,7 @@ def run(
                     name: functools.partial(raw_rate, f, best[vision.name], min_seconds=1.5)
                     for name, f in (("gateway", vision.forward), ("triton", scripted))
                 }
-                with triton_served(traced, best[vision.name], device) as triton_url:
+                with triton_served(traced, best[vision.name], device, triton_graph) as triton_url:
                     served_by_model[vision.name] += kserve_rows(
                         vision, {"gateway": url, "triton": triton_url}, model_name(RESNET50),
                         budget_ms=budgets["vision"], probes=probes,
