@@ -67,6 +67,9 @@ class LLMSettings(_Section):
     engine_url: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$")
 
 
+VisionGraph = Literal["eager", "optimized"]  # how the vision runner runs its network
+
+
 class VisionSettings(_Section):
     model: str = "demo-resnet"
     batching: bool = True  # off: one forward per request (the benchmark's baseline)
@@ -82,7 +85,7 @@ class VisionSettings(_Section):
     top_k: int = Field(5, ge=1)  # predictions returned when a request names no top_k
     # "optimized": TorchScript traced, frozen and optimized for inference at load (checked
     # against eager first; eager when that fails); "eager": the model as stored, in PyTorch.
-    graph: Literal["eager", "optimized"] = "optimized"
+    graph: VisionGraph = "optimized"
 
 
 class SpeechSettings(_Section):

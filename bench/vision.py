@@ -53,11 +53,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import httpx
 import numpy as np
 import yaml
+
+if TYPE_CHECKING:
+    from settings import VisionGraph
 
 CONCURRENCY = (1, 8, 32)
 IMAGE_SIZE = (320, 240)  # a small web photo, JPEG; the gateway decodes and resizes it
@@ -202,7 +205,7 @@ def raw_rows(workload: Workload, min_seconds: float) -> list[Row]:
 
 
 def raw_vision(
-    path: Path, metadata: dict[str, Any], device: str, graph: str
+    path: Path, metadata: dict[str, Any], device: str, graph: VisionGraph
 ) -> tuple[Callable[[int], object], float]:
     """The batch runner (its `graph`), and the gateway's per-image preprocessing cost in ms."""
     import torch
@@ -214,7 +217,7 @@ def raw_vision(
         path,
         metadata,
         device=torch.device(device),
-        graph=graph,  # type: ignore[arg-type]
+        graph=graph,
     )
     pixels = np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
     data = jpeg(0)
@@ -574,7 +577,7 @@ def workloads(
 
 
 def main() -> None:
-    from settings import VisionSettings
+    from settings import VisionGraph, VisionSettings
 
     parser = argparse.ArgumentParser(
         prog="python -m bench.vision", description=__doc__.split("\n")[0]
@@ -590,7 +593,7 @@ def main() -> None:
              "torch sees it, as the runners choose)",
     )  # fmt: skip
     parser.add_argument(
-        "--graph", choices=("optimized", "eager"), default=VisionSettings().graph,
+        "--graph", choices=get_args(VisionGraph), default=VisionSettings().graph,
         help="the vision runner's graph (its vision.graph) and the raw forward's (default: the "
              "runner's default)",
     )  # fmt: skip

@@ -14,7 +14,7 @@ import logging
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ import torch
 from contract import imaging
 from contract.vision import Prediction, top_k
 from models.store import EXPORT_FILE
+from settings import VisionGraph
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
-Graph = Literal["eager", "optimized"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Classifier:
         metadata: Mapping[str, Any],
         *,
         device: torch.device,
-        graph: Graph = "eager",
+        graph: VisionGraph = "eager",
     ) -> Classifier:
         """From a model directory and its store metadata (format transformers or torch-export)."""
         module, labels = _load_module(Path(path), str(metadata.get("format")), device)
