@@ -22,16 +22,15 @@ from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 
 from contract.vision import Prediction
-from gateway import calls
-from gateway.api import embeddings
+from gateway.api import calls, embeddings
 from gateway.api.audio import verbose
 from gateway.app import create_app, install, shutdown
-from gateway.build import build_router
-from gateway.bundle import bundled_router, dependency_url
-from gateway.context import RequestContext, context_of
 from gateway.errors import GatewayError
-from gateway.grpc_server import serve_grpc
-from gateway.pipeline import Pipeline
+from gateway.kserve.grpc import serve_grpc
+from gateway.routing.build import build_router
+from gateway.routing.bundle import bundled_router, dependency_url
+from gateway.scope.context import RequestContext, context_of
+from gateway.scope.pipeline import Pipeline
 from lifecycle import DrainMiddleware, die_with_parent, drain_entry, tune_gc
 from runners.embed import Embedder
 from runners.llm import LLM
@@ -85,7 +84,7 @@ class Gateway:
         )
         install(app, settings=settings, router=router)
         # KServe V2 over gRPC beside the HTTP routes when gateway.grpc_port is set (None: off);
-        # every worker binds the port (SO_REUSEPORT). gateway/grpc_server.py
+        # every worker binds the port (SO_REUSEPORT). gateway/kserve/grpc.py
         self.grpc = serve_grpc(app, settings)
         tune_gc()
 
@@ -103,7 +102,7 @@ class Gateway:
         await shutdown(app)
 
     # Typed BentoML APIs, for bentoml.SyncHTTPClient / AsyncHTTPClient and /docs. They run the
-    # same calls as the HTTP routes (gateway/calls.py), behind the same pipeline (keys, limits,
+    # same calls as the HTTP routes (gateway/api/calls.py), behind the same pipeline (keys, limits,
     # request ids, access log): `Gateway.add_asgi_middleware(Pipeline, paths=TYPED_APIS)` below.
 
     @bentoml.api
@@ -285,7 +284,7 @@ class RemoteGateway:
         )
         install(app, settings=settings, router=router)
         # KServe V2 over gRPC beside the HTTP routes when gateway.grpc_port is set (None: off);
-        # every worker binds the port (SO_REUSEPORT). gateway/grpc_server.py
+        # every worker binds the port (SO_REUSEPORT). gateway/kserve/grpc.py
         self.grpc = serve_grpc(app, settings)
         tune_gc()
 

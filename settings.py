@@ -130,7 +130,7 @@ class DrainSettings(_Section):
 class GatewaySettings(_Section):
     timeout_s: float = Field(600, gt=0)  # whole-request limit for non-streaming upstream calls
     workers: int = Field(1, ge=1)
-    # KServe V2 over gRPC (gateway/grpc_server.py) on this port, beside HTTP; None: off. Every
+    # KServe V2 over gRPC (gateway/kserve/grpc.py) on this port, beside HTTP; None: off. Every
     # worker binds it (SO_REUSEPORT). Triton's default is 8001.
     grpc_port: int | None = Field(None, ge=1, le=65535)
 
@@ -163,7 +163,7 @@ class GatewaySettings(_Section):
 #           variants: [{model: llama-70b, weight: 90}, {model: demo-llm, weight: 10}]
 #
 # The names models, aliases and fallbacks refer to are checked when the gateway builds its router
-# (gateway/registry.py), so a typo fails the gateway's start with the path of the bad value.
+# (gateway/routing/registry.py), so a typo fails the gateway's start with the path of the bad value.
 
 
 class BreakerSettings(_Section):
@@ -256,7 +256,7 @@ class RoutingSettings(_Section):
 
 
 class KeySettings(_Section):
-    """One API key, stored as the SHA-256 of the key (`python -m gateway.keys new NAME`)."""
+    """One API key, stored as the SHA-256 of the key (`python -m gateway.scope.keys new NAME`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")  # what logs, metrics and errors show
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

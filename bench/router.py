@@ -43,9 +43,9 @@ from starlette.applications import Starlette
 from gateway.adapters.base import InferRequest, InferResponse
 from gateway.adapters.triton import TritonAdapter
 from gateway.app import create_app, install
-from gateway.keys import digest
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
+from gateway.scope.keys import digest
 from gateway.tensors import ModelMetadata, TensorSpec
 from settings import Settings, parse_settings
 from tests.fakes import FakeTriton

@@ -13,8 +13,8 @@ from gateway.adapters.base import InferenceAdapter
 from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.app import create_app, install
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
 from runners.speech import Transcriber
 from runners.vision import ImageClassifier
 from settings import get_settings
@@ -36,7 +36,7 @@ class MediaGateway:
             Route(speech, "speech", "speech", speech),
         ]
         adapters: dict[str, InferenceAdapter] = {
-            # as gateway/bundle.py wires it: image files on /v1, KServe V2 tensors on /v2
+            # as gateway/routing/bundle.py wires it: image files on /v1, KServe V2 tensors on /v2
             "vision": PixelTensorAdapter(VisionRunnerAdapter("vision", self.vision)),
             "speech": SpeechRunnerAdapter("speech", self.speech),
         }

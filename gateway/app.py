@@ -1,5 +1,5 @@
 """The gateway's ASGI app: OpenAI-compatible routes on /v1, KServe V2 on /v2, behind the request
-pipeline (gateway/pipeline.py)."""
+pipeline (gateway/scope/pipeline.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import audio, embeddings, kserve, openai, openapi, status, vision
+from gateway.api import audio, embeddings, openai, openapi, status, vision
 from gateway.errors import GatewayError, InvalidRequest, render
-from gateway.pipeline import Pipeline, PipelineParts, configure_access_log
-from gateway.router import Router
+from gateway.kserve import http as kserve
+from gateway.routing.router import Router
+from gateway.scope.pipeline import Pipeline, PipelineParts, configure_access_log
 from settings import Settings
 
 log = logging.getLogger("gateway")

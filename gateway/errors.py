@@ -156,7 +156,7 @@ class BackendUnavailable(BackendError):
 
 
 class BreakerOpen(BackendUnavailable):
-    """The backend's circuit breaker refuses calls for now (see gateway/breaker.py)."""
+    """The backend's circuit breaker refuses calls for now (see gateway/routing/breaker.py)."""
 
     def __init__(self, backend: str, retry_after: str) -> None:
         super().__init__(

@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway import calls
 from gateway.adapters.base import Transcript
+from gateway.api import calls
 from gateway.api.common import context, router_of
 from gateway.api.media_protocol import (
     TranscriptionParams,

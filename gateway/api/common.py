@@ -8,9 +8,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from gateway.context import RequestContext, context_of
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from gateway.router import Router
+from gateway.routing.router import Router
+from gateway.scope.context import RequestContext, context_of
 
 
 def router_of(request: Request) -> Router:
@@ -19,7 +19,7 @@ def router_of(request: Request) -> Router:
 
 
 def context(request: Request) -> RequestContext:
-    """The pipeline's context of this request (gateway/context.py)."""
+    """The pipeline's context of this request (gateway/scope/context.py)."""
     ctx = context_of(request)
     if ctx.caller is None:  # the app without its pipeline (in-process use)
         ctx.caller = request.headers.get(router_of(request).caller_header) or None

@@ -30,9 +30,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.common import context, read_json_object, router_of
-from gateway.context import RequestContext
 from gateway.errors import InvalidRequest
-from gateway.router import Router
+from gateway.routing.router import Router
+from gateway.scope.context import RequestContext
 
 MAX_INPUTS = 2048  # OpenAI's limit on the inputs of one request
 

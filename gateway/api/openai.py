@@ -11,14 +11,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway import calls
 from gateway.adapters.base import Task
+from gateway.api import calls
 from gateway.api.common import context, read_json_object, router_of
-from gateway.backend import close_stream
-from gateway.context import RequestContext
 from gateway.errors import GatewayError, openai_error_body
-from gateway.registry import Kind, Split
-from gateway.registry import Route as ModelRoute
+from gateway.routing.backend import close_stream
+from gateway.routing.registry import Kind, Split
+from gateway.routing.registry import Route as ModelRoute
+from gateway.scope.context import RequestContext
 from lifecycle import DRAIN
 
 OWNED_BY = "serving-bundle"

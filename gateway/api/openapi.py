@@ -15,7 +15,6 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from gateway.api import embeddings
-from gateway.api.kserve_protocol import InferBody
 from gateway.api.media_protocol import (
     ClassificationParams,
     ClassificationResponse,
@@ -23,6 +22,7 @@ from gateway.api.media_protocol import (
     TranscriptionVerbose,
     TranslationParams,
 )
+from gateway.kserve.codec import InferBody
 
 OPENAI_ERROR = {
     "type": "object",

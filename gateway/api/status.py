@@ -20,8 +20,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.common import router_of
-from gateway.registry import Route as ModelRoute
-from gateway.registry import Split
+from gateway.routing.registry import Route as ModelRoute
+from gateway.routing.registry import Split
 
 
 async def status(request: Request) -> Response:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import calls
+from gateway.api import calls
 from gateway.api.common import context, router_of
 from gateway.api.media_protocol import (
     ClassificationParams,

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 GATEWAY_MODULES = (
-    "gateway.pipeline",
-    "gateway.admission",
-    "gateway.metrics",
-    "gateway.cache",
-    "gateway.limiter",
+    "gateway.scope.pipeline",
+    "gateway.scope.admission",
+    "gateway.routing.metrics",
+    "gateway.scope.cache",
+    "gateway.scope.limiter",
     "runners.metrics",
 )
 BENTOML_NAMESPACE = "bentoml_service"  # BentoML's default metrics namespace (api_server.metrics)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from contract.names import LLM
-from gateway.keys import read_keys_file
+from gateway.scope.keys import read_keys_file
 from settings import Settings, parse_settings
 from tests.deploy.bundle_services import bundle_services, dependencies, entry_service
 

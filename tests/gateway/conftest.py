@@ -6,8 +6,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.app import create_app, install
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
 from settings import Settings
 from tests.fakes import FakeAdapter
 

@@ -16,11 +16,11 @@ from gateway.adapters.base import InferenceAdapter, InferRequest
 from gateway.adapters.runner import EmbedRunnerAdapter, shorten
 from gateway.api.embeddings import parse_input
 from gateway.app import create_app, install
-from gateway.cache import ResponseCache
 from gateway.errors import InvalidRequest
-from gateway.keys import digest
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
+from gateway.scope.cache import ResponseCache
+from gateway.scope.keys import digest
 from settings import CacheSettings, Settings, parse_settings
 from tests.fakes import FakeAdapter
 from tests.gateway.fake_runners import (

@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 from gateway.adapters.base import InferenceAdapter
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.app import create_app, install
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
 from settings import LimitSettings, Settings
 from tests.gateway.fake_runners import FakeSpeechRunner, FakeVisionRunner
 from tests.media import audio_bytes, forged_png, image_bytes, solid, tone

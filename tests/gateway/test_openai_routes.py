@@ -8,8 +8,8 @@ from starlette.testclient import TestClient
 
 from gateway.adapters.base import InferResponse
 from gateway.api.openai import EventStream, UsageTap
-from gateway.context import RequestContext
 from gateway.errors import BackendError, BackendUnavailable
+from gateway.scope.context import RequestContext
 from tests.fakes import FakeAdapter
 
 CHAT = {"model": "tiny-llm", "messages": [{"role": "user", "content": "hi"}]}

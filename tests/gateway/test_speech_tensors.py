@@ -18,8 +18,8 @@ from gateway.adapters.runner import SpeechRunnerAdapter
 from gateway.adapters.transcript_tensors import TranscriptTensorAdapter
 from gateway.app import create_app, install
 from gateway.errors import InvalidRequest
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
 from gateway.tensors import Tensor, TensorRequest
 from settings import Settings
 from tests.gateway.fake_runners import FakeSpeechRunner

@@ -12,8 +12,8 @@ import redis.asyncio
 from prometheus_client import REGISTRY
 
 from gateway.errors import BackendUnavailable, RateLimited
-from gateway.keys import ApiKey
-from gateway.limiter import PARALLEL_TTL_S, RateLimiter
+from gateway.scope.keys import ApiKey
+from gateway.scope.limiter import PARALLEL_TTL_S, RateLimiter
 from settings import RateLimitSettings
 from tests.servers.redis import RedisProcess
 

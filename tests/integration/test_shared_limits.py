@@ -22,7 +22,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from gateway.keys import digest
+from gateway.scope.keys import digest
 from tests.integration.conftest import RoutingStack
 from tests.integration.prometheus import metric_value
 from tests.servers.bundle import remote_gateway_process

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.keys import digest
+from gateway.scope.keys import digest
 from tests.media import audio_bytes, image_bytes, noise_image, tone
 from tests.servers.bentoml_home import isolated_home
 from tests.servers.bundle import ROOT, build_bento

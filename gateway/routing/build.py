@@ -15,13 +15,13 @@ from gateway.adapters.base import InferenceAdapter
 from gateway.adapters.openai import OpenAIAdapter, make_client
 from gateway.adapters.triton import TritonAdapter
 from gateway.adapters.triton_transport import make_transport
-from gateway.admission import Admission
-from gateway.backend import Backend
-from gateway.breaker import CircuitBreaker
-from gateway.cache import ResponseCache
-from gateway.metrics import BackendMetrics
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.routing.backend import Backend
+from gateway.routing.breaker import CircuitBreaker
+from gateway.routing.metrics import BackendMetrics
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
+from gateway.scope.admission import Admission
+from gateway.scope.cache import ResponseCache
 from settings import (
     AdmissionSettings,
     CacheSettings,

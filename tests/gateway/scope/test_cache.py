@@ -9,10 +9,10 @@ from starlette.testclient import TestClient
 from contract.vision import Prediction
 from gateway.adapters.base import InferResponse, Segment, Transcript
 from gateway.app import create_app, install
-from gateway.cache import MemoryStorage, ResponseCache, decode, deterministic, encode
-from gateway.keys import digest
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
+from gateway.scope.cache import MemoryStorage, ResponseCache, decode, deterministic, encode
+from gateway.scope.keys import digest
 from gateway.tensors import Tensor, TensorRequest
 from settings import CacheSettings, parse_settings
 from tests.fakes import FakeAdapter

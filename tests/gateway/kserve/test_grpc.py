@@ -24,18 +24,18 @@ from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.adapters.transcript_tensors import TranscriptTensorAdapter
 from gateway.adapters.triton import TritonAdapter
-from gateway.backend import Backend
-from gateway.breaker import CircuitBreaker
-from gateway.grpc_server import SERVICE, GrpcServer, grpc_code
-from gateway.keys import digest
-from gateway.pipeline import PipelineParts
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.kserve.grpc import SERVICE, GrpcServer, grpc_code
+from gateway.routing.backend import Backend
+from gateway.routing.breaker import CircuitBreaker
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
+from gateway.scope.keys import digest
+from gateway.scope.pipeline import PipelineParts
 from lifecycle import DRAIN
 from settings import AuthSettings, KeySettings, LimitSettings, Settings
 from tests.fakes import FakeAdapter, FakeTriton
 from tests.gateway.fake_runners import FakeSpeechRunner, FakeVisionRunner, probabilities_for
-from tests.gateway.test_kserve_routes import NAMES, SCALE, WORDS
+from tests.gateway.kserve.test_http import NAMES, SCALE, WORDS
 from tests.media import audio_bytes, tone
 
 T = TypeVar("T")

@@ -12,8 +12,8 @@ A presented key is hashed and compared with every stored digest in constant time
 the answer's timing nor the code path depends on which key (if any) matched. Nothing here logs
 or echoes a key. Make a key with the CLI, which prints it once with the entry to paste::
 
-    python -m gateway.keys new alice --rpm 60 --tpm 100000 --models 'demo-*'
-    python -m gateway.keys hash < key.txt          # the sha256 of an existing key
+    python -m gateway.scope.keys new alice --rpm 60 --tpm 100000 --models 'demo-*'
+    python -m gateway.scope.keys hash < key.txt          # the sha256 of an existing key
 
 Only the standard library, pydantic and PyYAML: the gateway imports this on its request path.
 """
@@ -192,7 +192,7 @@ def positive_int(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.keys", description="Make API keys for the gateway."
+        prog="python -m gateway.scope.keys", description="Make API keys for the gateway."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     new = commands.add_parser(

@@ -13,12 +13,12 @@ import pytest
 import yaml
 from starlette.datastructures import Headers
 
-from gateway import keys as keys_module
 from gateway.errors import PermissionDenied, Unauthorized
-from gateway.keys import ApiKey, KeyRing, check_model, digest, main, token_from_headers
+from gateway.scope import keys as keys_module
+from gateway.scope.keys import ApiKey, KeyRing, check_model, digest, main, token_from_headers
 from settings import AuthSettings, KeySettings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ALICE, BOB = "sk-alice-secret", "sk-bob-secret"
 
 
@@ -243,13 +243,15 @@ def test_cli_hash_reads_the_key_from_stdin(
 
 def test_the_module_runs_with_python_m_and_imports_nothing_heavy() -> None:
     heavy = ("bentoml", "torch", "httpx", "numpy", "vllm", "transformers", "redis", "limits")
-    script = f"import sys, gateway.keys; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    script = (
+        f"import sys, gateway.scope.keys; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
     loaded = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert loaded.stdout.strip() == ""
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.keys", "hash"],
+        [sys.executable, "-m", "gateway.scope.keys", "hash"],
         cwd=ROOT, input="sk-abc", capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert done.stdout.strip() == digest("sk-abc")

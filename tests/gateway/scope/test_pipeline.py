@@ -15,9 +15,9 @@ from starlette.testclient import TestClient
 
 from gateway.adapters.base import InferResponse
 from gateway.app import create_app, install
-from gateway.keys import digest
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
+from gateway.scope.keys import digest
 from settings import Settings, parse_settings
 from tests.fakes import FakeAdapter
 

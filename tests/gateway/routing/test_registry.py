@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.registry import Registry, Route, Split, Variant, bundled_routes, check_routing
+from gateway.routing.registry import Registry, Route, Split, Variant, bundled_routes, check_routing
 from settings import OpenAIBackend, Settings, SettingsError, TritonBackend, parse_settings
 
 CONFIG = """

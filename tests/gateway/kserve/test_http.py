@@ -15,10 +15,10 @@ from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import VisionRunnerAdapter
 from gateway.adapters.triton import TritonAdapter
 from gateway.app import create_app, install
-from gateway.backend import Backend
-from gateway.breaker import CircuitBreaker
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.routing.backend import Backend
+from gateway.routing.breaker import CircuitBreaker
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
 from gateway.tensors import ModelMetadata, TensorSpec
 from settings import Settings
 from tests.fakes import FakeAdapter, FakeTriton

@@ -18,8 +18,8 @@ from limits.aio.storage import MemoryStorage
 from prometheus_client import REGISTRY
 
 from gateway.errors import BackendUnavailable, RateLimited
-from gateway.keys import ApiKey
-from gateway.limiter import NO_LIMITS, MemorySlots, RateLimiter, format_reset
+from gateway.scope.keys import ApiKey
+from gateway.scope.limiter import NO_LIMITS, MemorySlots, RateLimiter, format_reset
 from settings import RateLimitSettings
 from tests.servers.process import free_port
 
@@ -255,7 +255,7 @@ async def test_fail_open_lets_requests_through_counts_and_warns_once_per_burst(
     limiter = RateLimiter(BrokenStorage(), BrokenSlots(), storage_name="redis://h:1/0", clock=clock)
     k = key(rpm=1, tpm=1, max_parallel=1)
     before = storage_errors()
-    with caplog.at_level(logging.WARNING, logger="gateway.limiter"):
+    with caplog.at_level(logging.WARNING, logger="gateway.scope.limiter"):
         leases = [await limiter.admit(k) for _ in range(5)]  # over every limit, if counted
         for lease in leases:
             assert lease.headers() == {}  # nothing could be read

@@ -1,6 +1,6 @@
 """KServe V2 routes (Triton's HTTP protocol): tensor models on Triton backends and the bundled
 image and speech runners (gateway/adapters/pixels.py, transcript_tensors.py). Errors come back in
-KServe's shape, `{"error": "..."}`. The same models are served over gRPC (gateway/grpc_server.py).
+KServe's shape, `{"error": "..."}`. The same models are served over gRPC (gateway/kserve/grpc.py).
 
     client = tritonclient.http.InferenceServerClient("localhost:3000")
     client.get_model_metadata("demo-resnet")
@@ -16,15 +16,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.common import context, read_body, router_of
-from gateway.api.kserve_protocol import (
+from gateway.errors import VersionNotFound
+from gateway.kserve.codec import (
     HEADER_LENGTH,
     decode_request,
     encode_response,
     metadata_body,
 )
-from gateway.errors import VersionNotFound
-from gateway.registry import Kind
-from gateway.registry import Route as ModelRoute
+from gateway.routing.registry import Kind
+from gateway.routing.registry import Route as ModelRoute
 
 SERVER = {"name": "serving-bundle", "version": "1", "extensions": ["binary_tensor_data"]}
 KINDS: tuple[Kind, ...] = ("tensor", "image", "speech")

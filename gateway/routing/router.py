@@ -4,8 +4,8 @@
     route = router.resolve("chat", kinds=("llm",), caller="user-42")
     result = await router.predict(route, "chat", body)
 
-Each backend sits behind its own circuit breaker (gateway/backend.py). When a route's backend
-fails (unreachable, breaker open, 5xx, timed out) the route's fallbacks are tried in order;
+Each backend sits behind its own circuit breaker (gateway/routing/backend.py). When a route's
+backend fails (unreachable, breaker open, 5xx, timed out) the route's fallbacks are tried in order;
 if all fail, the first failure is answered (a 503 with Retry-After while a breaker is open).
 A client error (4xx) is answered at once. A stream falls back only before its first chunk.
 """
@@ -19,16 +19,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Any, TypeVar
 
 from gateway.adapters.base import InferenceAdapter, InferRequest, InferResponse, Task
-from gateway.backend import Backend, close_stream
-from gateway.cache import ResponseCache
-from gateway.context import RequestContext
 from gateway.errors import BackendError, InvalidRequest, ModelNotFound
-from gateway.keys import check_model
-from gateway.metrics import fallback_used
-from gateway.registry import Kind, Registry, Route
+from gateway.routing.backend import Backend, close_stream
+from gateway.routing.metrics import fallback_used
+from gateway.routing.registry import Kind, Registry, Route
+from gateway.scope.cache import ResponseCache
+from gateway.scope.context import RequestContext
+from gateway.scope.keys import check_model
 from gateway.tensors import ModelMetadata
 
-log = logging.getLogger("gateway.router")
+log = logging.getLogger("gateway.routing.router")
 T = TypeVar("T")
 
 
@@ -50,7 +50,7 @@ class Router:
             name: b if isinstance(b, Backend) else Backend(b) for name, b in backends.items()
         }
         self.caller_header = caller_header
-        self.cache = cache  # deterministic non-streaming answers (gateway/cache.py)
+        self.cache = cache  # deterministic non-streaming answers (gateway/scope/cache.py)
 
     def resolve(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.breaker import CircuitBreaker, CircuitOpen, State
+from gateway.routing.breaker import CircuitBreaker, CircuitOpen, State
 
 
 class Clock:

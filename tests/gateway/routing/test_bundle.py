@@ -1,10 +1,10 @@
-"""Where the gateway sends the bundled LLM's requests (gateway/bundle.py)."""
+"""Where the gateway sends the bundled LLM's requests (gateway/routing/bundle.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.bundle import engine_url
+from gateway.routing.bundle import engine_url
 from settings import Settings
 
 

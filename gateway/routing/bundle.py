@@ -12,9 +12,9 @@ from gateway.adapters.openai import OpenAIAdapter, make_client
 from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import EmbedRunnerAdapter, SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.adapters.transcript_tensors import TranscriptTensorAdapter
-from gateway.build import build_router
-from gateway.registry import bundled_routes, check_routing
-from gateway.router import Router
+from gateway.routing.build import build_router
+from gateway.routing.registry import bundled_routes, check_routing
+from gateway.routing.router import Router
 from settings import Settings
 
 

@@ -38,7 +38,7 @@ from gateway.adapters.base import InferResponse, Segment, Task, Transcript
 from gateway.tensors import Tensor, TensorRequest
 from settings import CacheSettings
 
-log = logging.getLogger("gateway.cache")
+log = logging.getLogger("gateway.scope.cache")
 
 LOOKUPS = Counter("gateway_cache_lookups", "Response cache lookups by result.", ["model", "result"])
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from contract.vision import Prediction
 from gateway.adapters.base import InferResponse, Task, Transcript
-from gateway.context import RequestContext
-from gateway.router import Router
+from gateway.routing.router import Router
+from gateway.scope.context import RequestContext
 from settings import Settings
 
 

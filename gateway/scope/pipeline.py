@@ -2,8 +2,8 @@
 
 An ASGI middleware around the gateway's routes. For each API request it
 
-1. makes the request context (gateway/context.py): request id (the client's `X-Request-Id` or a
-   fresh one), caller, and after step 2 the principal;
+1. makes the request context (gateway/scope/context.py): request id (the client's
+   `X-Request-Id` or a fresh one), caller, and after step 2 the principal;
 2. authenticates the API key (`Authorization: Bearer` or `api-key`) when keys are configured;
 3. admits the request against the key's rate limits (requests/min, parallel requests, tokens/min)
    and counts the tokens the engine reports when the response is done;
@@ -13,7 +13,7 @@ An ASGI middleware around the gateway's routes. For each API request it
 
 Errors raised here or anywhere below are rendered in the protocol's own shape by
 `gateway.errors.render`. Backend admission (in flight and queue per backend) lives with the
-backend (gateway/admission.py), since only the router knows which backend a request goes to.
+backend (gateway/scope/admission.py), since only the router knows which backend a request goes to.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.context import RequestContext, request_id
 from gateway.errors import GatewayError, render
-from gateway.keys import KeyRing, token_from_headers
-from gateway.limiter import NO_LIMITS, Lease, RateLimiter
+from gateway.scope.context import RequestContext, request_id
+from gateway.scope.keys import KeyRing, token_from_headers
+from gateway.scope.limiter import NO_LIMITS, Lease, RateLimiter
 from settings import Settings
 
 log = logging.getLogger("gateway")

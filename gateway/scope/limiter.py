@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 from gateway.errors import BackendUnavailable, RateLimited
-from gateway.keys import ApiKey
+from gateway.scope.keys import ApiKey
 from settings import RateLimitSettings
 
 log = logging.getLogger(__name__)

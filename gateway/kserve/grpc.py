@@ -6,14 +6,14 @@ against the gateway unchanged::
     x.set_data_from_numpy(pixels)
     client.infer("demo-resnet", [x]).as_numpy("probabilities")
 
-It serves the models /v2 serves over HTTP (gateway/api/kserve.py), through the same router, with
-the same request pipeline (gateway/pipeline.py): a request id (metadata `x-request-id`, else the
+It serves the models /v2 serves over HTTP (gateway/kserve/http.py), through the same router, with
+the same request scope (gateway/scope/pipeline.py): a request id (metadata `x-request-id`, else the
 infer request's `id`), the API key (metadata `authorization: Bearer <key>` or `api-key`) when keys
-are configured, the key's rate limits, the response cache, the access log. Answers carry
-`x-request-id` (and `x-ratelimit-*`, `x-cache`) as trailing metadata; errors are gRPC statuses
-(`STATUS_CODES`) with the message the HTTP route would give. The access log and the request
-metrics count each call like an HTTP request: method `GRPC`, path
-`/inference.GRPCInferenceService/<RPC>`, and the HTTP status of its answer (200, or the error's).
+are configured, the key's rate limits, the response cache, the access log. Answers carry `x-request-
+id` (and `x-ratelimit-*`, `x-cache`) as trailing metadata; errors are gRPC statuses (`STATUS_CODES`)
+with the message the HTTP route would give. The access log and the request metrics count each call
+like an HTTP request: method `GRPC`, path `/inference.GRPCInferenceService/<RPC>`, and the HTTP
+status of its answer (200, or the error's).
 
 ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata and ModelInfer are served; the
 other RPCs (streaming, model config and statistics, repository, shared memory, trace and log
@@ -38,15 +38,15 @@ from typing import Any, TypeVar
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.api.kserve import KINDS, SERVER
-from gateway.api.kserve_protocol import decode_tensor, to_bytes
-from gateway.context import RequestContext, request_id
 from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest, VersionNotFound
-from gateway.keys import token_from_headers
-from gateway.limiter import NO_LIMITS, Lease
-from gateway.pipeline import IN_FLIGHT, RATE_LIMITED, PipelineParts, settle
-from gateway.registry import Route
-from gateway.router import Router
+from gateway.kserve.codec import decode_tensor, to_bytes
+from gateway.kserve.http import KINDS, SERVER
+from gateway.routing.registry import Route
+from gateway.routing.router import Router
+from gateway.scope.context import RequestContext, request_id
+from gateway.scope.keys import token_from_headers
+from gateway.scope.limiter import NO_LIMITS, Lease
+from gateway.scope.pipeline import IN_FLIGHT, RATE_LIMITED, PipelineParts, settle
 from gateway.tensors import Tensor, TensorRequest
 from lifecycle import DRAIN, DRAINING
 from settings import Settings

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from gateway.adapters.base import InferRequest, InferResponse
-from gateway.admission import Admission
-from gateway.backend import Backend
 from gateway.errors import BackendOverloaded, render
+from gateway.routing.backend import Backend
+from gateway.scope.admission import Admission
 from tests.fakes import FakeAdapter
 
 

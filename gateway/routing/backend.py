@@ -5,9 +5,9 @@
                                           queue_timeout_s=30))
     await backend.predict(request)
 
-Admission (gateway/admission.py) comes first: a request waits for one of the backend's slots, in
-order, and holds it for the whole call with its retries (a stream: until its last chunk); past
-the queue it is refused at once with a 503 (`BackendOverloaded`).
+Admission (gateway/scope/admission.py) comes first: a request waits for one of the backend's
+slots, in order, and holds it for the whole call with its retries (a stream: until its last
+chunk); past the queue it is refused at once with a 503 (`BackendOverloaded`).
 
 A failure of the backend (`BackendError`: unreachable, 5xx, timed out) counts against its
 breaker; a client error (4xx) counts as a success, since the backend answered. A call that was
@@ -27,8 +27,6 @@ from typing import Any, TypeVar
 import anyio
 
 from gateway.adapters.base import InferenceAdapter, InferRequest, InferResponse
-from gateway.admission import Admission
-from gateway.breaker import CircuitBreaker, CircuitOpen, Permit, State
 from gateway.errors import (
     BackendError,
     BackendOverloaded,
@@ -37,7 +35,9 @@ from gateway.errors import (
     BreakerOpen,
     GatewayError,
 )
-from gateway.metrics import BackendMetrics
+from gateway.routing.breaker import CircuitBreaker, CircuitOpen, Permit, State
+from gateway.routing.metrics import BackendMetrics
+from gateway.scope.admission import Admission
 
 T = TypeVar("T")
 HEALTH_TIMEOUT_S = 5.0

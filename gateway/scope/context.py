@@ -1,8 +1,8 @@
 """The request context: what the pipeline knows about one request, for routes, router and log.
 
-The pipeline (gateway/pipeline.py) makes one per /v1 and /v2 request and puts it on the ASGI scope;
-routes read it with `context_of(request)` and hand it to the router, which records the model and
-backend that served the request and passes the request id to the backend. The access log is
+The pipeline (gateway/scope/pipeline.py) makes one per /v1 and /v2 request and puts it on the ASGI
+scope; routes read it with `context_of(request)` and hand it to the router, which records the model
+and backend that served the request and passes the request id to the backend. The access log is
 written from it when the response has been sent.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from gateway.keys import ApiKey
+    from gateway.scope.keys import ApiKey
 
 _CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 

@@ -8,8 +8,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.adapters.base import InferResponse
-from gateway.backend import Backend
-from gateway.breaker import CircuitBreaker, State
 from gateway.errors import (
     BackendError,
     BackendOverloaded,
@@ -19,11 +17,13 @@ from gateway.errors import (
     InvalidRequest,
     ModelNotFound,
 )
-from gateway.metrics import BackendMetrics
-from gateway.registry import Registry, Route
-from gateway.router import Router
+from gateway.routing.backend import Backend
+from gateway.routing.breaker import CircuitBreaker, State
+from gateway.routing.metrics import BackendMetrics
+from gateway.routing.registry import Registry, Route
+from gateway.routing.router import Router
 from tests.fakes import FakeAdapter
-from tests.gateway.test_breaker import Clock
+from tests.gateway.routing.test_breaker import Clock
 
 OK = InferResponse({"ok": True})
 DOWN = BackendUnavailable("primary", "ConnectError: refused")

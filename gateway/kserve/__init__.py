@@ -1,0 +1,1 @@
+"""KServe V2 (the Open Inference Protocol): the codec, the HTTP routes and the gRPC service."""
