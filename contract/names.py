@@ -13,6 +13,10 @@ SPEECH: Final = "speech"
 EMBED: Final = "embed"
 BUNDLED: Final = (LLM, VISION, SPEECH, EMBED)
 
+#: File name of a `torch-export` image classifier inside its model directory (written by
+#: models/export.py, loaded by runners/classifier.py).
+EXPORT_FILE: Final = "model.pt2"
+
 
 def model_name(tag: str) -> str:
     """The name a model is served under: its tag without the version (demo-llm:v1 -> demo-llm)."""

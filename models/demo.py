@@ -7,31 +7,10 @@ no-op the second time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from models import store
-
-#: Bump to give every demo model a new version when the generator code changes meaningfully.
-SPEC_VERSION = 1
-
-
-@dataclass(frozen=True)
-class DemoModel:
-    name: str
-    spec: Mapping[str, Any]
-    metadata: Mapping[str, Any]
-    write: Callable[[Path], None]
-
-    @property
-    def version(self) -> str:
-        return store.spec_version({"spec_version": SPEC_VERSION, "name": self.name, **self.spec})
-
-    @property
-    def tag(self) -> str:
-        return f"{self.name}:{self.version}"
+from models import demo_embed, demo_llm, demo_resnet, demo_whisper, store
+from models.spec import DemoModel
 
 
 @dataclass(frozen=True)
@@ -50,8 +29,6 @@ class Outcome:
 
 def registry() -> dict[str, DemoModel]:
     """The demo models by short key (``llm``, ``resnet``, ``whisper``, ``embed``)."""
-    from models import demo_embed, demo_llm, demo_resnet, demo_whisper
-
     return {
         "llm": demo_llm.DEMO,
         "resnet": demo_resnet.DEMO,

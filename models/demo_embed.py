@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from models import store
 from models.corpus import corpus_lines, corpus_sha
-from models.demo import DemoModel
+from models.spec import DemoModel
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from models import store
 from models.bpe import train_byte_level_bpe
 from models.corpus import corpus_sha
-from models.demo import DemoModel
+from models.spec import DemoModel
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast

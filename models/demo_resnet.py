@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models import preprocessing, store
-from models.demo import DemoModel
+from models.spec import DemoModel
 
 if TYPE_CHECKING:
     from transformers import ResNetForImageClassification

@@ -13,22 +13,12 @@ from typing import Any
 
 import torch
 
+from contract.names import EXPORT_FILE
 from models import store
 from models.preprocessing import KEYS
+from runners.classifier import LogitsOnly
 
 MAX_BATCH = 1024
-
-
-class LogitsOnly(torch.nn.Module):
-    """Wrap a transformers image classifier so that ``forward(pixel_values)`` returns logits."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.model(pixel_values=pixel_values).logits
-        return logits
 
 
 def export_program(module: torch.nn.Module, crop_size: int) -> torch.export.ExportedProgram:
@@ -59,11 +49,11 @@ def export_classifier(
         "torch-export",
         labels=list(labels),
         preprocessing=dict(preprocessing),
-        file=store.EXPORT_FILE,
+        file=EXPORT_FILE,
     )
 
     def write(path: Path) -> None:
-        torch.export.save(program, path / store.EXPORT_FILE)
+        torch.export.save(program, path / EXPORT_FILE)
 
     return store.save(name, metadata, write, version=version)
 
@@ -72,7 +62,7 @@ def load_exported(model: store.StoredModel) -> torch.nn.Module:
     """The stored program as a callable module (``module(pixels) -> logits``)."""
     if model.format != "torch-export":
         raise ValueError(f"{model.tag} has format {model.format!r}, not 'torch-export'")
-    return torch.export.load(model.path / store.EXPORT_FILE).module()
+    return torch.export.load(model.path / EXPORT_FILE).module()
 
 
 def export_stored_classifier(tag: str, name: str | None = None) -> store.StoredModel:

@@ -39,8 +39,6 @@ TASKS: tuple[str, ...] = (
 )
 FORMATS: tuple[str, ...] = ("transformers", "torch-export")
 
-#: File name of a ``torch-export`` model inside its model directory.
-EXPORT_FILE = "model.pt2"
 
 _TAG_NAME_MAX = 63
 

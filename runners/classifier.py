@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from contract import imaging
+from contract.names import EXPORT_FILE
 from contract.vision import Prediction, top_k
-from models.store import EXPORT_FILE
 from settings import VisionGraph
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -108,6 +108,18 @@ def optimized(
     return graph
 
 
+class LogitsOnly(torch.nn.Module):
+    """Wrap a transformers image classifier so that ``forward(pixel_values)`` returns logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(pixel_values=pixel_values).logits
+        return logits
+
+
 def _load_module(path: Path, fmt: str, device: torch.device) -> tuple[torch.nn.Module, list[str]]:
     """The stored network as a module ``(N, 3, H, W) pixels -> logits``, and its labels."""
     if fmt == "torch-export":
@@ -115,8 +127,6 @@ def _load_module(path: Path, fmt: str, device: torch.device) -> tuple[torch.nn.M
         return module, []
     if fmt == "transformers":
         from transformers import AutoModelForImageClassification
-
-        from models.export import LogitsOnly
 
         model = AutoModelForImageClassification.from_pretrained(path).to(device).eval()
         id2label = model.config.id2label

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from contract.names import EXPORT_FILE
 from models import store
 from models.export import LogitsOnly, export_classifier, load_exported
 from tests.models.conftest import DemoStore
@@ -33,7 +34,7 @@ def test_metadata(eager_and_exported: tuple[torch.nn.Module, store.StoredModel])
     assert stored.metadata["format"] == "torch-export"
     assert stored.metadata["task"] == "image-classification"
     assert stored.metadata["labels"] == store.resolve("demo-resnet").metadata["labels"]
-    assert (stored.path / store.EXPORT_FILE).is_file()
+    assert (stored.path / EXPORT_FILE).is_file()
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -37,8 +37,8 @@ FORMATS = ["transformers", "torch-export"]
 @pytest.fixture(scope="module", params=FORMATS)
 def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random ResNet stored in one of the two formats (same weights in both)."""
+    from contract.names import EXPORT_FILE
     from models.export import LogitsOnly, export_program
-    from models.store import EXPORT_FILE
 
     path: Path = tmp_path_factory.mktemp(request.param)
     model = tiny_resnet()
