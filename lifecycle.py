@@ -45,12 +45,7 @@ log = logging.getLogger("lifecycle")
 PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 PROBES = ("/readyz", "/livez", "/metrics")
-DRAINING = "The server is shutting down; retry shortly (another replica will answer)."
-DRAINING_OPENAI = (
-    b'{"error": {"message": "' + DRAINING.encode() + b'", "type": "service_unavailable", '
-    b'"param": null, "code": "draining"}}'
-)
-DRAINING_KSERVE = b'{"error": "' + DRAINING.encode() + b'"}'
+DRAINING = b"The server is shutting down; retry shortly (another replica will answer).\n"
 
 
 def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
@@ -275,10 +270,15 @@ def drain_runner(settings: DrainSettings) -> None:
 
 
 class DrainMiddleware:
-    """Counts this worker's requests in flight and answers for it while it drains."""
+    """Counts this worker's requests in flight and answers for it while it drains.
 
-    def __init__(self, app: ASGIApp) -> None:
+    `leave` names the paths another layer counts and refuses in its protocol's own shape: the
+    gateway's request scope (gateway/scope/pipeline.py) does for its API routes, HTTP and gRPC
+    alike. The rest (a runner's APIs, the gateway's /status and /docs) get a plain 503 here."""
+
+    def __init__(self, app: ASGIApp, *, leave: Callable[[str], bool] | None = None) -> None:
         self.app = app
+        self.leave = leave
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -291,9 +291,11 @@ class DrainMiddleware:
                 return
             await self.app(scope, receive, send)
             return
+        if self.leave is not None and self.leave(path):
+            await self.app(scope, receive, send)
+            return
         if DRAIN.draining and DRAIN.refuse_new:
-            body = DRAINING_KSERVE if path.startswith("/v2") else DRAINING_OPENAI
-            await _plain(send, 503, body, DRAIN.retry_after_s, media_type=b"application/json")
+            await _plain(send, 503, DRAINING, DRAIN.retry_after_s)
             return
         DRAIN.started()
         try:
@@ -302,14 +304,12 @@ class DrainMiddleware:
             DRAIN.finished()
 
 
-async def _plain(
-    send: Send, status: int, body: bytes, retry_after_s: int, media_type: bytes = b"text/plain"
-) -> None:
+async def _plain(send: Send, status: int, body: bytes, retry_after_s: int) -> None:
     start: Message = {
         "type": "http.response.start",
         "status": status,
         "headers": [
-            (b"content-type", media_type),
+            (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
             (b"retry-after", str(retry_after_s).encode()),
             (b"connection", b"close"),

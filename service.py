@@ -13,7 +13,7 @@ Each runner is its own BentoML service, so on BentoCloud or Kubernetes each scal
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,17 +26,18 @@ from gateway.api import calls, embeddings
 from gateway.api.audio import verbose
 from gateway.app import create_app, install, shutdown
 from gateway.errors import GatewayError
-from gateway.kserve.grpc import serve_grpc
+from gateway.kserve.grpc import GrpcServer, serve_grpc
 from gateway.routing.build import build_router
 from gateway.routing.bundle import bundled_router, dependency_url
+from gateway.routing.router import Router
 from gateway.scope.context import RequestContext, context_of
-from gateway.scope.pipeline import Pipeline
+from gateway.scope.pipeline import Pipeline, is_api
 from lifecycle import DrainMiddleware, die_with_parent, drain_entry, tune_gc
 from runners.embed import Embedder
 from runners.llm import LLM
 from runners.speech import Transcriber
 from runners.vision import ImageClassifier
-from settings import get_settings
+from settings import Settings, get_settings
 
 # The runners' sockets as loopback TCP, held open by `bentoml serve` until every service has
 # stopped: with Unix sockets BentoML deletes the files as shutdown begins, and a draining
@@ -63,6 +64,30 @@ def gateway_config() -> dict[str, Any]:
     }
 
 
+def start_gateway(make_router: Callable[[Settings], Router]) -> GrpcServer | None:
+    """What both gateways do at start, in the serving event loop: the drain, the router and the
+    request scope installed on the app, KServe V2 over gRPC when `gateway.grpc_port` is set
+    (every worker binds it with SO_REUSEPORT); the gRPC server, or None."""
+    settings = get_settings()
+    die_with_parent()
+    drain_entry(settings.drain)
+    install(app, settings=settings, router=make_router(settings))
+    grpc = serve_grpc(app, settings)
+    tune_gc()
+    return grpc
+
+
+async def stop_gateway(grpc: GrpcServer | None) -> None:
+    if grpc is not None:  # before the router closes; calls in flight: drain.final_grace_s
+        await grpc.stop()
+    await shutdown(app)
+
+
+def scoped(path: str) -> bool:
+    """The paths the request scope serves: the API routes and the typed BentoML APIs."""
+    return is_api(path) or path in TYPED_APIS
+
+
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(name="gateway", **gateway_config())
 class Gateway:
@@ -72,21 +97,15 @@ class Gateway:
     embedder = bentoml.depends(Embedder)
 
     def __init__(self) -> None:
-        settings = get_settings()
-        die_with_parent()
-        drain_entry(settings.drain)
-        router = bundled_router(
-            settings,
-            llm_url=dependency_url(type(self).llm),
-            vision=self.vision,
-            speech=self.speech,
-            embed=self.embedder,
+        self.grpc = start_gateway(
+            lambda settings: bundled_router(
+                settings,
+                llm_url=dependency_url(type(self).llm),
+                vision=self.vision,
+                speech=self.speech,
+                embed=self.embedder,
+            )
         )
-        install(app, settings=settings, router=router)
-        # KServe V2 over gRPC beside the HTTP routes when gateway.grpc_port is set (None: off);
-        # every worker binds the port (SO_REUSEPORT). gateway/kserve/grpc.py
-        self.grpc = serve_grpc(app, settings)
-        tune_gc()
 
     async def __is_ready__(self) -> bool:
         """Ready when the bundled runners answer their own health checks (vLLM's /health too).
@@ -97,9 +116,7 @@ class Gateway:
 
     @bentoml.on_shutdown
     async def close(self) -> None:
-        if self.grpc is not None:  # before the router closes; calls in flight: final_grace_s
-            await self.grpc.stop()
-        await shutdown(app)
+        await stop_gateway(self.grpc)
 
     # Typed BentoML APIs, for bentoml.SyncHTTPClient / AsyncHTTPClient and /docs. They run the
     # same calls as the HTTP routes (gateway/api/calls.py), behind the same pipeline (keys, limits,
@@ -262,7 +279,6 @@ def _bentoml_error(err: GatewayError) -> BentoMLException:
     return BentoMLException(err.message, error_code=HTTPStatus(err.status))
 
 
-Gateway.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]
 Gateway.add_asgi_middleware(  # type: ignore[attr-defined]
     Pipeline, paths=TYPED_APIS, parts=lambda: getattr(app.state, "pipeline", None)
 )
@@ -272,21 +288,15 @@ Gateway.add_asgi_middleware(  # type: ignore[attr-defined]
 @bentoml.service(name="remote-gateway", **gateway_config())
 class RemoteGateway:
     def __init__(self) -> None:
-        settings = get_settings()
-        die_with_parent()
-        drain_entry(settings.drain)
-        router = build_router(
-            settings.routing,
-            bundled={},
-            bundled_routes=[],
-            admission=settings.admission,
-            cache=settings.cache,
+        self.grpc = start_gateway(
+            lambda settings: build_router(
+                settings.routing,
+                bundled={},
+                bundled_routes=[],
+                admission=settings.admission,
+                cache=settings.cache,
+            )
         )
-        install(app, settings=settings, router=router)
-        # KServe V2 over gRPC beside the HTTP routes when gateway.grpc_port is set (None: off);
-        # every worker binds the port (SO_REUSEPORT). gateway/kserve/grpc.py
-        self.grpc = serve_grpc(app, settings)
-        tune_gc()
 
     async def __is_ready__(self) -> bool:
         """Ready when every remote backend marked `required` answers its health check."""
@@ -294,9 +304,9 @@ class RemoteGateway:
 
     @bentoml.on_shutdown
     async def close(self) -> None:
-        if self.grpc is not None:  # before the router closes; calls in flight: final_grace_s
-            await self.grpc.stop()
-        await shutdown(app)
+        await stop_gateway(self.grpc)
 
 
-RemoteGateway.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]
+# The request scope counts and refuses its own routes while draining (HTTP and gRPC alike).
+Gateway.add_asgi_middleware(DrainMiddleware, leave=scoped)  # type: ignore[attr-defined]
+RemoteGateway.add_asgi_middleware(DrainMiddleware, leave=scoped)  # type: ignore[attr-defined]

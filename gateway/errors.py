@@ -12,6 +12,7 @@ carries Retry-After.
     ├── ModelNotFound            404
     ├── VersionNotFound          404
     ├── BackendOverloaded        503  with Retry-After; backend or admission queue full
+    ├── Draining                 503  with Retry-After; this worker is shutting down
     └── BackendError             502  names the backend
         ├── BackendUnavailable   503
         │   └── BreakerOpen      503  with Retry-After
@@ -131,6 +132,21 @@ class BackendOverloaded(GatewayError):
             headers={"Retry-After": retry_after},
         )
         self.backend = backend
+
+
+class Draining(GatewayError):
+    """This worker is shutting down (lifecycle.py) and takes no new request; another replica
+    will answer. `Connection: close` moves the client's connection off this worker."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE.value
+    type = "service_unavailable"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(
+            "The server is shutting down; retry shortly (another replica will answer).",
+            code="draining",
+            headers={"Retry-After": str(retry_after_s), "Connection": "close"},
+        )
 
 
 class BackendError(GatewayError):

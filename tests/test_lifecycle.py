@@ -63,18 +63,26 @@ def test_requests_are_counted_in_flight_and_probes_are_not(client: TestClient) -
     assert lifecycle.DRAIN.inflight == 0
 
 
-def test_a_draining_gateway_refuses_new_work_in_each_protocols_shape(
+def test_a_draining_worker_refuses_new_work_with_retry_after_and_closes_the_connection(
     client: TestClient, drain: Drain
 ) -> None:
     drain.draining, drain.refuse_new, drain.retry_after_s = True, True, 7
-    openai_style = client.get("/v1/work")
-    kserve_style = client.get("/v2/work")
-    assert openai_style.status_code == kserve_style.status_code == 503
-    assert openai_style.headers["retry-after"] == "7"
-    assert openai_style.json()["error"]["code"] == "draining"
-    assert "shutting down" in kserve_style.json()["error"]
+    refused = client.get("/v1/work")
+    assert refused.status_code == 503 and "shutting down" in refused.text
+    assert refused.headers["retry-after"] == "7" and refused.headers["connection"] == "close"
     assert client.get("/readyz").status_code == 503
     assert client.get("/livez").status_code == 200  # draining is not dead
+
+
+def test_paths_left_to_another_layer_pass_through_uncounted(drain: Drain) -> None:
+    async def work(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"in flight: {lifecycle.DRAIN.inflight}")
+
+    app = Starlette(routes=[Route("/v1/work", work), Route("/status", work)])
+    drain.draining, drain.refuse_new = True, True
+    with TestClient(DrainMiddleware(app, leave=lambda p: p.startswith("/v1/"))) as c:
+        assert c.get("/v1/work").text == "in flight: 0"  # the request scope counts and refuses
+        assert c.get("/status").status_code == 503
 
 
 def test_a_draining_runner_still_serves_its_client(client: TestClient, drain: Drain) -> None:

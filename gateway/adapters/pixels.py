@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from gateway.adapters.base import InferRequest, InferResponse
-from gateway.adapters.triton import check_inputs, check_outputs
 from gateway.errors import InvalidRequest
+from gateway.kserve.codec import check_inputs, check_outputs
 from gateway.tensors import ModelMetadata, Tensor, TensorRequest, TensorSpec
 
 INPUT = "pixel_values"

@@ -13,12 +13,13 @@ a 400 before it reaches the server::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from gateway.adapters.base import InferRequest, InferResponse
 from gateway.adapters.triton_transport import TritonTransport
 from gateway.errors import InvalidRequest
-from gateway.tensors import ModelMetadata, Tensor, TensorRequest, TensorSpec
+from gateway.kserve.codec import check_inputs, check_outputs
+from gateway.tensors import ModelMetadata, TensorRequest
 
 # Request parameters that are KServe or Triton controls, not the model's own options.
 RESERVED_PARAMETERS = frozenset(
@@ -79,30 +80,3 @@ class TritonAdapter:
     async def aclose(self) -> None:
         self._metadata.clear()
         await self._transport.aclose()
-
-
-def check_inputs(inputs: Sequence[Tensor], specs: Sequence[TensorSpec]) -> None:
-    """Each input must be one the model declares, with its datatype and a shape it accepts."""
-    by_name = {s.name: s for s in specs}
-    for tensor in inputs:
-        spec = by_name.get(tensor.name)
-        if spec is None:
-            expected = ", ".join(f"'{n}'" for n in by_name) or "none"
-            raise InvalidRequest(f"Unknown input '{tensor.name}'; the model takes {expected}.")
-        if tensor.datatype != spec.datatype:
-            raise InvalidRequest(
-                f"Input '{tensor.name}' must be {spec.datatype}, got {tensor.datatype}."
-            )
-        if not spec.accepts(tensor.shape):
-            raise InvalidRequest(
-                f"Input '{tensor.name}' must have shape {list(spec.shape)} (-1: any size), "
-                f"got {list(tensor.shape)}."
-            )
-
-
-def check_outputs(names: Sequence[str], specs: Sequence[TensorSpec]) -> None:
-    known = {s.name for s in specs}
-    for name in names:
-        if name not in known:
-            expected = ", ".join(f"'{n}'" for n in sorted(known)) or "none"
-            raise InvalidRequest(f"Unknown output '{name}'; the model has {expected}.")

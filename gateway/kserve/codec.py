@@ -1,4 +1,8 @@
-"""KServe V2 (Triton's HTTP protocol) on the wire: JSON tensors and the binary tensor extension.
+"""KServe V2 (the Open Inference Protocol) without a transport: what /v2 serves (`KINDS`, `SERVER`,
+`resolve`), tensors checked against a model's declared inputs and outputs, and tensors on the HTTP
+wire, shared by the HTTP routes (http.py), the gRPC service (grpc.py) and the tensor adapters.
+
+On HTTP: JSON tensors and the binary tensor extension.
 
 A request body is JSON, or JSON followed by raw tensor bytes when the
 `Inference-Header-Content-Length` header gives the JSON's length (binary extension); an input with
@@ -14,15 +18,30 @@ import json
 import math
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.errors import InvalidRequest
-from gateway.tensors import ModelMetadata, Tensor, TensorRequest, dtype_of
+from gateway.errors import InvalidRequest, VersionNotFound
+from gateway.routing.registry import Kind, Route
+from gateway.tensors import ModelMetadata, Tensor, TensorRequest, TensorSpec, dtype_of
+
+if TYPE_CHECKING:  # resolve() takes them; the adapters below the router import this module
+    from gateway.routing.router import Router
+    from gateway.scope.context import RequestContext
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+SERVER = {"name": "serving-bundle", "version": "1", "extensions": ["binary_tensor_data"]}
+KINDS: tuple[Kind, ...] = ("tensor", "image", "speech")  # the kinds of model /v2 serves
+
+
+def resolve(router: Router, name: str, version: str, ctx: RequestContext) -> tuple[Route, str]:
+    """The route of a /v2 model name and version ("" for the latest), over HTTP or gRPC."""
+    route = router.resolve(name, KINDS, ctx)
+    if version and version not in route.versions:
+        raise VersionNotFound(name, version, list(route.versions))
+    return route, version
 
 
 class _Wire(BaseModel):
@@ -231,3 +250,33 @@ def _problems(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
     )
+
+
+# -- checks of tensors against a model's declared inputs and outputs --------------------------
+
+
+def check_inputs(inputs: Sequence[Tensor], specs: Sequence[TensorSpec]) -> None:
+    """Each input must be one the model declares, with its datatype and a shape it accepts."""
+    by_name = {s.name: s for s in specs}
+    for tensor in inputs:
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            expected = ", ".join(f"'{n}'" for n in by_name) or "none"
+            raise InvalidRequest(f"Unknown input '{tensor.name}'; the model takes {expected}.")
+        if tensor.datatype != spec.datatype:
+            raise InvalidRequest(
+                f"Input '{tensor.name}' must be {spec.datatype}, got {tensor.datatype}."
+            )
+        if not spec.accepts(tensor.shape):
+            raise InvalidRequest(
+                f"Input '{tensor.name}' must have shape {list(spec.shape)} (-1: any size), "
+                f"got {list(tensor.shape)}."
+            )
+
+
+def check_outputs(names: Sequence[str], specs: Sequence[TensorSpec]) -> None:
+    known = {s.name for s in specs}
+    for name in names:
+        if name not in known:
+            expected = ", ".join(f"'{n}'" for n in sorted(known)) or "none"
+            raise InvalidRequest(f"Unknown output '{name}'; the model has {expected}.")

@@ -38,17 +38,13 @@ from typing import Any, TypeVar
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest, VersionNotFound
-from gateway.kserve.codec import decode_tensor, to_bytes
-from gateway.kserve.http import KINDS, SERVER
-from gateway.routing.registry import Route
+from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest
+from gateway.kserve.codec import SERVER, decode_tensor, resolve, to_bytes
 from gateway.routing.router import Router
-from gateway.scope.context import RequestContext, request_id
-from gateway.scope.keys import token_from_headers
-from gateway.scope.limiter import NO_LIMITS, Lease
-from gateway.scope.pipeline import IN_FLIGHT, RATE_LIMITED, PipelineParts, settle
+from gateway.scope.context import RequestContext
+from gateway.scope.pipeline import PipelineParts
 from gateway.tensors import Tensor, TensorRequest
-from lifecycle import DRAIN, DRAINING
+from lifecycle import DRAIN
 from settings import Settings
 
 log = logging.getLogger("gateway.grpc")
@@ -238,7 +234,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: Any, context: Any) -> Any:
         async def handle(ctx: RequestContext) -> Any:
             router = self._router()
-            route, version = _resolve(router, request.name, request.version, ctx)
+            route, version = resolve(router, request.name, request.version, ctx)
             ready = await router.model_ready(route, version)
             return service_pb2.ModelReadyResponse(ready=ready)
 
@@ -247,7 +243,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         async def handle(ctx: RequestContext) -> Any:
             router = self._router()
-            route, version = _resolve(router, request.name, request.version, ctx)
+            route, version = resolve(router, request.name, request.version, ctx)
             meta = await router.metadata(route, version)
             spec = service_pb2.ModelMetadataResponse.TensorMetadata
             return service_pb2.ModelMetadataResponse(
@@ -265,7 +261,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def handle(ctx: RequestContext) -> Any:
             router = self._router()
-            route, version = _resolve(router, request.model_name, request.model_version, ctx)
+            route, version = resolve(router, request.model_name, request.model_version, ctx)
             tensors = decode_infer(request, version)
             result = await router.predict(route, "infer", tensors, ctx)
             return encode_infer(route.name, version, request.id, result.body)
@@ -280,52 +276,19 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         *,
         client_id: str = "",
     ) -> M:
-        """One call through the request pipeline: context, key, limits, in flight, access log;
-        a GatewayError becomes the call's status, with the trailing metadata either way."""
-        if DRAIN.draining and DRAIN.refuse_new:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                DRAINING,
-                trailing_metadata=(("retry-after", str(DRAIN.retry_after_s)),),
-            )
-        settings = self._settings
-        headers = _metadata(context)
-        ctx = RequestContext(
-            request_id(headers.get(settings.log.request_id_header.lower()) or client_id),
-            "GRPC",
-            f"/{SERVICE}/{method}",
-            caller=headers.get(settings.routing.caller_header.lower()) or None,
+        """One call in the request scope (gateway/scope/pipeline.py), as HTTP requests are: a
+        GatewayError becomes the call's status; the trailing metadata goes out either way."""
+        call = self._pipeline().request(
+            _metadata(context), "GRPC", f"/{SERVICE}/{method}", client_id=client_id
         )
-        lease: Lease = NO_LIMITS
-        response: M | None = None
-        error: GatewayError | None = None
-        IN_FLIGHT.inc()
-        DRAIN.started()
         try:
-            try:
-                parts = self._pipeline()
-                ctx.key = parts.keys.authenticate(token_from_headers(headers))
-                if ctx.key is not None:
-                    lease = await parts.limiter.admit(ctx.key)
-                response = await handle(ctx)
-                ctx.status, ctx.first_byte = 200, time.perf_counter()
-            except GatewayError as err:
-                if err.status == 429:
-                    RATE_LIMITED.labels(key=ctx.key_name or "").inc()
-                error, ctx.status = err, err.status
-            except Exception as exc:
-                log.exception("unhandled error on %s (request %s)", ctx.path, ctx.request_id)
-                error = GatewayError(f"Internal error: {type(exc).__name__}: {exc}")
-                ctx.status = error.status
-        finally:  # the call was cancelled (deadline, client gone) too: then status 0, 499
-            IN_FLIGHT.dec()
-            DRAIN.finished()
-            await settle(ctx, lease, settings)
-        trailing = _trailing(ctx, lease, error)
-        if error is not None:
-            await context.abort(grpc_code(error.status), error.message, trailing_metadata=trailing)
-        context.set_trailing_metadata(trailing)
-        assert response is not None
+            async with call:
+                response = await handle(call.ctx)
+                call.ctx.status, call.ctx.first_byte = 200, time.perf_counter()
+        except GatewayError as err:
+            trailing = _trailing(call.response_headers(), err)
+            await context.abort(grpc_code(err.status), err.message, trailing_metadata=trailing)
+        context.set_trailing_metadata(_trailing(call.response_headers(), None))
         return response
 
 
@@ -339,13 +302,6 @@ def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
 
 for _name in UNIMPLEMENTED_RPCS:
     setattr(KServeServicer, _name, _unimplemented(_name))
-
-
-def _resolve(router: Router, name: str, version: str, ctx: RequestContext) -> tuple[Route, str]:
-    route = router.resolve(name, KINDS, ctx)
-    if version and version not in route.versions:
-        raise VersionNotFound(name, version, list(route.versions))
-    return route, version
 
 
 def decode_infer(request: Any, version: str) -> TensorRequest:
@@ -411,13 +367,8 @@ def _metadata(context: Any) -> dict[str, str]:
     return headers
 
 
-def _trailing(
-    ctx: RequestContext, lease: Lease, error: GatewayError | None
-) -> tuple[tuple[str, str], ...]:
-    entries = {"x-request-id": ctx.request_id}
-    entries.update({k.lower(): v for k, v in lease.headers().items()})
-    if ctx.cache:
-        entries["x-cache"] = ctx.cache
+def _trailing(headers: dict[str, str], error: GatewayError | None) -> tuple[tuple[str, str], ...]:
+    entries = {k.lower(): v for k, v in headers.items()}
     if error is not None:
         entries.update({k.lower(): v for k, v in error.headers.items()})
         if error.status == 503:

@@ -16,18 +16,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.common import context, read_body, router_of
-from gateway.errors import VersionNotFound
 from gateway.kserve.codec import (
     HEADER_LENGTH,
+    SERVER,
     decode_request,
     encode_response,
     metadata_body,
+    resolve,
 )
-from gateway.routing.registry import Kind
 from gateway.routing.registry import Route as ModelRoute
-
-SERVER = {"name": "serving-bundle", "version": "1", "extensions": ["binary_tensor_data"]}
-KINDS: tuple[Kind, ...] = ("tensor", "image", "speech")
 
 
 async def server_metadata(request: Request) -> Response:
@@ -68,12 +65,8 @@ async def infer(request: Request) -> Response:
 
 
 def _resolve(request: Request) -> tuple[ModelRoute, str]:
-    name = request.path_params["model"]
-    version = request.path_params.get("version", "")
-    route = router_of(request).resolve(name, KINDS, context(request))
-    if version and version not in route.versions:
-        raise VersionNotFound(name, version, list(route.versions))
-    return route, version
+    name, version = request.path_params["model"], request.path_params.get("version", "")
+    return resolve(router_of(request), name, version, context(request))
 
 
 routes = [

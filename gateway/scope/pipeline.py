@@ -1,19 +1,23 @@
-"""The request pipeline: the one home of everything request-scoped on /v1 and /v2.
+"""The request scope: the one home of everything request-scoped, over HTTP and gRPC alike.
 
-An ASGI middleware around the gateway's routes. For each API request it
+`PipelineParts.request(headers, method, path)` is an async context manager that, for one request,
 
-1. makes the request context (gateway/scope/context.py): request id (the client's
-   `X-Request-Id` or a fresh one), caller, and after step 2 the principal;
-2. authenticates the API key (`Authorization: Bearer` or `api-key`) when keys are configured;
-3. admits the request against the key's rate limits (requests/min, parallel requests, tokens/min)
-   and counts the tokens the engine reports when the response is done;
-4. counts it in flight;
-5. stamps `x-request-id`, the `x-ratelimit-*` headers and `x-cache` on the response, streams too;
-6. writes one access-log line when the last byte has been sent (or the client went away).
+1. refuses it while this worker drains (`Draining`, 503 with Retry-After; lifecycle.py);
+2. makes the request context (gateway/scope/context.py): request id (the client's
+   `X-Request-Id`, else a gRPC infer request's `id`, else a fresh one), caller, principal;
+3. authenticates the API key (`Authorization: Bearer` or `api-key`) when keys are configured;
+4. admits it against the key's rate limits (requests/min, parallel requests, tokens/min);
+5. counts it in flight (the gateway's gauge and the drain's count);
+6. at the end counts the tokens the engine reported against the key, frees its parallel slot,
+   and writes its metrics and its one access-log line.
 
-Errors raised here or anywhere below are rendered in the protocol's own shape by
-`gateway.errors.render`. Backend admission (in flight and queue per backend) lives with the
-backend (gateway/scope/admission.py), since only the router knows which backend a request goes to.
+Errors raised inside come out as `GatewayError`s (anything else is logged and becomes a 500), with
+the context's status set, for the transport to answer in its own shape. The two transports are
+thin: `Pipeline` below (ASGI middleware for /v1, /v2 and the typed BentoML APIs: it stamps
+`x-request-id`, `x-ratelimit-*` and `x-cache` on the response, streams too, and renders errors
+with `gateway.errors.render`) and the gRPC servicer (gateway/kserve/grpc.py: trailing metadata
+and gRPC status codes). Backend admission (in flight and queue per backend) lives with the
+backend (gateway/scope/admission.py), since only the router knows which backend a request takes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +35,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, render
+import lifecycle
+from gateway.errors import Draining, GatewayError, render
 from gateway.scope.context import RequestContext, request_id
 from gateway.scope.keys import KeyRing, token_from_headers
 from gateway.scope.limiter import NO_LIMITS, Lease, RateLimiter
@@ -70,9 +75,62 @@ RATE_LIMITED = Counter(
 )
 
 
+class Call:
+    """One request inside the scope (`async with parts.request(...) as call`): its context and
+    the key's lease on its limits. Made before entering, so that a transport has the request id
+    for its answer even when entering fails (a bad key, a limit, the drain)."""
+
+    def __init__(self, parts: PipelineParts, ctx: RequestContext, headers: Mapping[str, str]):
+        self.parts = parts
+        self.ctx = ctx
+        self.lease: Lease = NO_LIMITS
+        self._headers = headers
+
+    def response_headers(self) -> dict[str, str]:
+        """What every answer carries: the request id, the key's limits, the cache verdict."""
+        out = {"x-request-id": self.ctx.request_id, **self.lease.headers()}
+        if self.ctx.cache:
+            out["x-cache"] = self.ctx.cache
+        return out
+
+    async def __aenter__(self) -> Call:
+        IN_FLIGHT.inc()
+        lifecycle.DRAIN.started()
+        try:
+            drain = lifecycle.DRAIN
+            if drain.draining and drain.refuse_new:
+                raise Draining(drain.retry_after_s)
+            self.ctx.key = self.parts.keys.authenticate(token_from_headers(self._headers))
+            if self.ctx.key is not None:
+                self.lease = await self.parts.limiter.admit(self.ctx.key)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise  # not reached: __aexit__ raises
+        return self
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        ctx = self.ctx
+        try:
+            if isinstance(exc, GatewayError):
+                if exc.status == 429:
+                    RATE_LIMITED.labels(key=ctx.key_name or "").inc()
+                ctx.status = ctx.status or exc.status
+            elif isinstance(exc, Exception):
+                log.exception("unhandled error on %s (request %s)", ctx.path, ctx.request_id)
+                internal = GatewayError(f"Internal error: {type(exc).__name__}: {exc}")
+                ctx.status = ctx.status or internal.status
+                raise internal from exc
+        finally:
+            IN_FLIGHT.dec()
+            lifecycle.DRAIN.finished()
+            await settle(ctx, self.lease, self.parts.settings)
+        if exc is not None:
+            raise exc
+
+
 @dataclass
 class PipelineParts:
-    """What the pipeline works with; the Gateway service makes it at start (app.state.pipeline)."""
+    """What the scope works with; the Gateway service makes it at start (app.state.pipeline)."""
 
     settings: Settings
     keys: KeyRing
@@ -86,6 +144,20 @@ class PipelineParts:
 
     async def aclose(self) -> None:
         await self.limiter.aclose()
+
+    def request(
+        self, headers: Mapping[str, str], method: str, path: str, *, client_id: str = ""
+    ) -> Call:
+        """The scope of one request (see the module docstring), to enter with `async with`;
+        `headers` are looked up by lowercase name (Starlette's Headers, or gRPC metadata)."""
+        settings = self.settings
+        ctx = RequestContext(
+            request_id(headers.get(settings.log.request_id_header.lower()) or client_id),
+            method,
+            path,
+            caller=headers.get(settings.routing.caller_header.lower()) or None,
+        )
+        return Call(self, ctx, headers)
 
 
 def is_api(path: str) -> bool:
@@ -128,16 +200,8 @@ class Pipeline:
     async def _serve(
         self, parts: PipelineParts, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        headers = Headers(scope=scope)
-        settings = parts.settings
-        ctx = RequestContext(
-            request_id(headers.get(settings.log.request_id_header)),
-            scope["method"],
-            scope["path"],
-            caller=headers.get(settings.routing.caller_header) or None,
-        )
-        scope.setdefault("state", {})["ctx"] = ctx
-        lease: Lease = NO_LIMITS
+        call = parts.request(Headers(scope=scope), scope["method"], scope["path"])
+        ctx = scope.setdefault("state", {})["ctx"] = call.ctx
         started = False
 
         async def send_stamped(message: Message) -> None:
@@ -146,38 +210,20 @@ class Pipeline:
                 started = True
                 ctx.status = message["status"]
                 stamp = MutableHeaders(scope=message)
-                stamp["x-request-id"] = ctx.request_id
-                for name, value in lease.headers().items():
-                    if name not in stamp:
+                for name, value in call.response_headers().items():
+                    if name == "x-request-id" or name not in stamp:  # ours, even if relayed
                         stamp[name] = value
-                if ctx.cache:
-                    stamp["x-cache"] = ctx.cache
             elif ctx.first_byte is None and message.get("body"):
                 ctx.first_byte = time.perf_counter()
             await send(message)
 
-        IN_FLIGHT.inc()
         try:
-            try:
-                ctx.key = parts.keys.authenticate(token_from_headers(headers))
-                if ctx.key is not None:
-                    lease = await parts.limiter.admit(ctx.key)
+            async with call:
                 await self.app(scope, receive, send_stamped)
-            except GatewayError as err:
-                if err.status == 429:
-                    RATE_LIMITED.labels(key=ctx.key_name or "").inc()
-                if started:
-                    raise
-                await render(ctx.path, err)(scope, receive, send_stamped)
-            except Exception as exc:
-                log.exception("unhandled error on %s (request %s)", ctx.path, ctx.request_id)
-                if started:
-                    raise
-                internal = GatewayError(f"Internal error: {type(exc).__name__}: {exc}")
-                await render(ctx.path, internal)(scope, receive, send_stamped)
-        finally:
-            IN_FLIGHT.dec()
-            await settle(ctx, lease, settings)
+        except GatewayError as err:
+            if started:
+                raise
+            await render(ctx.path, err)(scope, receive, send_stamped)
 
 
 async def settle(ctx: RequestContext, lease: Lease, settings: Settings) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpc_aio
+from starlette.testclient import TestClient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -24,7 +25,8 @@ from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.adapters.transcript_tensors import TranscriptTensorAdapter
 from gateway.adapters.triton import TritonAdapter
-from gateway.kserve.grpc import SERVICE, GrpcServer, grpc_code
+from gateway.app import create_app, install
+from gateway.kserve.grpc import SERVICE, GrpcServer
 from gateway.routing.backend import Backend
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.registry import Registry, Route
@@ -388,13 +390,35 @@ def test_messages_over_the_request_limit_are_refused_by_grpc() -> None:
         s.close()
 
 
-def test_status_codes() -> None:
-    assert grpc_code(413) == grpc.StatusCode.INVALID_ARGUMENT
-    assert grpc_code(502) == grpc.StatusCode.INTERNAL
-    assert grpc_code(504) == grpc.StatusCode.DEADLINE_EXCEEDED
-
-
 # -- the pipeline: keys, limits, request ids, access log -----------------------------------------
+
+
+def test_http_and_grpc_go_through_one_request_scope(
+    keyed: Stack, access_lines: list[dict[str, Any]]
+) -> None:
+    """A key check, a per-key limit and the access log give the same verdicts on both
+    transports: the gRPC calls and the /v2 HTTP requests below mirror each other."""
+    app = create_app()
+    install(app, settings=keyed.settings, router=keyed.router)
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+    x = np.ones((1, 1), dtype=np.float32)
+    tiny = {"authorization": f"Bearer {LIMITED_KEY}"}
+    with TestClient(app) as http, grpcclient.InferenceServerClient(keyed.url) as c:
+        no_key = http.post("/v2/models/scale-v/infer", json=body)
+        status, message = status_of(lambda: c.infer("scale-v", [fp32("INPUT0", x)]))
+        assert (no_key.status_code, status) == (401, "StatusCode.UNAUTHENTICATED")
+        assert no_key.json()["error"] == message
+        assert http.post("/v2/models/scale-v/infer", json=body, headers=tiny).status_code == 200
+        c.infer("scale-v", [fp32("INPUT0", x)], headers=tiny)
+        limited = http.post("/v2/models/scale-v/infer", json=body, headers=tiny)
+        status, message = status_of(lambda: c.infer("scale-v", [fp32("INPUT0", x)], headers=tiny))
+        assert (limited.status_code, status) == (429, "StatusCode.RESOURCE_EXHAUSTED")
+        assert limited.json()["error"] == message
+    by_transport: dict[str, list[tuple[Any, ...]]] = {"POST": [], "GRPC": []}
+    for line in access_lines:
+        by_transport[line["method"]].append((line["key"], line["status"], line["model"]))
+    expected = [(None, 401, None), ("tiny", 200, "scale-v"), ("tiny", 429, None)]
+    assert by_transport == {"POST": expected, "GRPC": expected}
 
 
 def test_keys_are_checked_when_configured(keyed: Stack) -> None:

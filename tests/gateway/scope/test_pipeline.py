@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+import lifecycle
 from gateway.adapters.base import InferResponse
 from gateway.app import create_app, install
 from gateway.routing.registry import Registry, Route
@@ -71,6 +72,32 @@ def bearer(key: str) -> dict[str, str]:
 
 def answer(usage: dict[str, int] | None = USAGE) -> InferResponse:
     return InferResponse({"id": "x", "choices": [{"index": 0}], "usage": usage})
+
+
+# -- drain ------------------------------------------------------------------------------------
+
+
+def test_a_draining_worker_refuses_in_each_protocols_shape_and_logs_the_refusal(
+    open_client: TestClient,
+    llm: FakeAdapter,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(lifecycle.DRAIN, "draining", True)
+    monkeypatch.setattr(lifecycle.DRAIN, "refuse_new", True)
+    monkeypatch.setattr(lifecycle.DRAIN, "retry_after_s", 7)
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        openai_style = open_client.post("/v1/chat/completions", json=CHAT)
+        kserve_style = open_client.get("/v2/models/tiny-llm")
+    assert openai_style.status_code == kserve_style.status_code == 503
+    assert openai_style.headers["retry-after"] == "7"
+    assert openai_style.headers["connection"] == "close"
+    assert openai_style.json()["error"]["code"] == "draining"
+    assert "shutting down" in kserve_style.json()["error"]
+    assert openai_style.headers["x-request-id"] and not llm.requests
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert [r["status"] for r in logged] == [503, 503]
+    assert lifecycle.DRAIN.inflight == 0
 
 
 # -- request ids -------------------------------------------------------------------------------
