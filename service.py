@@ -194,7 +194,7 @@ class Gateway:
         """The top-k classes of one image file, highest score first."""
         _, predictions = await _call(
             calls.classify(
-                app.state.router, app.state.settings, _ctx(ctx), image.read_bytes(),
+                app.state.router, _ctx(ctx), image.read_bytes(),
                 model=model, top_k=top_k,
             )
         )  # fmt: skip
@@ -214,7 +214,7 @@ class Gateway:
         """Text of an audio file, as OpenAI's verbose_json (segments, language, duration)."""
         transcript = await _call(
             calls.speech_to_text(
-                app.state.router, app.state.settings, _ctx(ctx), audio.read_bytes(),
+                app.state.router, _ctx(ctx), audio.read_bytes(),
                 model=model, language=language, prompt=prompt, temperature=temperature,
                 translate=translate,
             )

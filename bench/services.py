@@ -37,8 +37,10 @@ class MediaGateway:
         ]
         adapters: dict[str, InferenceAdapter] = {
             # as gateway/routing/bundle.py wires it: image files on /v1, KServe V2 tensors on /v2
-            "vision": PixelTensorAdapter(VisionRunnerAdapter("vision", self.vision)),
-            "speech": SpeechRunnerAdapter("speech", self.speech),
+            "vision": PixelTensorAdapter(
+                VisionRunnerAdapter("vision", self.vision, default_top_k=5, max_pixels=40_000_000)
+            ),
+            "speech": SpeechRunnerAdapter("speech", self.speech, max_seconds=600),
         }
         install(app, settings=settings, router=Router(Registry(routes), adapters))
 

@@ -9,6 +9,14 @@ from typing import Any, Literal, Protocol
 Task = Literal["chat", "completion", "responses", "classify", "transcribe", "infer", "embed"]
 
 
+@dataclass(frozen=True, eq=False)
+class Embeddings:
+    """The `embed` task's body: one float32 row per input, and the tokens the model read."""
+
+    vectors: Any  # numpy float32 ndarray (inputs, dimensions)
+    tokens: int
+
+
 @dataclass(frozen=True)
 class InferRequest:
     """A request as the gateway hands it to a backend.

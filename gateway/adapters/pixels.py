@@ -42,9 +42,11 @@ class PixelTensorAdapter:
         check_outputs(tensors.outputs, meta.outputs)
         if len(tensors.inputs) != 1:
             raise InvalidRequest(f"Expected exactly one input, '{INPUT}'.")
-        result = await self.inner.predict(
-            dataclasses.replace(request, payload=tensors.inputs[0].data)
-        )
+        pixels = tensors.inputs[0].data  # its shape and datatype checked above, against the model
+        if pixels.shape[0] == 0 or not np.isfinite(pixels).all():
+            raise InvalidRequest("Expected at least one image and only finite pixel values.")
+        payload = np.ascontiguousarray(pixels, dtype=np.float32)  # a bad one would fail a batch
+        result = await self.inner.predict(dataclasses.replace(request, payload=payload))
         probabilities = np.asarray(result.body, dtype=np.float32)
         return InferResponse((Tensor(OUTPUT, "FP32", probabilities),))
 

@@ -6,14 +6,19 @@ with a 4xx and can never fail the other requests BentoML batched with it.
 
 Tasks and payloads::
 
-    classify    bytes of one image file     options top_k, default_top_k, max_pixels
+    classify    bytes of one image file     options top_k
                 -> body: list[Prediction], scores descending
-    infer       float32 ndarray (N, 3, H, W) of preprocessed pixels (KServe V2 tensors)
+    infer       float32 ndarray (N, 3, H, W) of preprocessed pixels, already checked against
+                the model's input (gateway/adapters/pixels.py does, for KServe V2 tensors)
                 -> body: float32 ndarray (N, classes) of probabilities
-    transcribe  bytes of one audio file     options language, prompt, temperature, max_seconds
+    transcribe  bytes of one audio file     options language, prompt, temperature, translate
                 -> body: Transcript
     embed       list of texts, or of token-id lists (the model's ids)    options dimensions
-                -> body: OpenAI's embeddings response (float lists), usage from the runner
+                -> body: Embeddings (float32 vectors and the runner's token count)
+
+Adapters return data; the routes encode it once for their protocol (an embedding as float lists or
+base64 straight from the array). Limits (`max_pixels`, `max_seconds`) and defaults
+(`default_top_k`) are bound when the adapter is built (gateway/routing/bundle.py), not per request.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from contract import audio, imaging, vision
 from contract.embedding import Embedding, EmbedInfo, EmbedInput
 from contract.speech import Clip
 from contract.vision import Prediction
-from gateway.adapters.base import InferRequest, InferResponse, Segment, Transcript
+from gateway.adapters.base import Embeddings, InferRequest, InferResponse, Segment, Transcript
 from gateway.errors import (
     BackendError,
     BackendOverloaded,
@@ -115,26 +120,29 @@ class RunnerAdapter:
 
 
 class VisionRunnerAdapter(RunnerAdapter):
+    def __init__(self, name: str, client: Any, *, default_top_k: int, max_pixels: int) -> None:
+        super().__init__(name, client)
+        self.default_top_k = default_top_k  # vision.top_k
+        self.max_pixels = max_pixels  # limits.max_image_pixels
+
     async def predict(self, request: InferRequest) -> InferResponse:
         if request.task == "classify":
             return InferResponse(await self._classify(request.payload, **request.options))
         if request.task == "infer":
-            return InferResponse(await self._probabilities(await self._checked(request.payload)))
+            return InferResponse(await self._probabilities(request.payload))
         raise self._unsupported(request)
 
-    async def _classify(
-        self, data: bytes, *, top_k: int | None = None, default_top_k: int = 5, max_pixels: int
-    ) -> list[Prediction]:
+    async def _classify(self, data: bytes, *, top_k: int | None = None) -> list[Prediction]:
         info = await self.info()
         labels: Sequence[str] = info.labels
-        k = top_k if top_k is not None else min(default_top_k, len(labels))
+        k = top_k if top_k is not None else min(self.default_top_k, len(labels))
         if not 1 <= k <= len(labels):
             raise InvalidRequest(
                 f"top_k must be between 1 and {len(labels)} (the model's classes), got {k}.",
                 param="top_k",
             )
         pp = imaging.Preprocessing.from_metadata(info.preprocessing)
-        pixels = await _in_thread(_prepare_image, data, pp, max_pixels)
+        pixels = await _in_thread(_prepare_image, data, pp, self.max_pixels)
         probabilities = (await self._probabilities(pixels[None]))[0]
         return vision.top_k(probabilities, labels, k)
 
@@ -142,20 +150,12 @@ class VisionRunnerAdapter(RunnerAdapter):
         result = await self.call("predict", pixel_values=pixels)
         return np.asarray(result, dtype=np.float32)
 
-    async def _checked(self, pixels: Any) -> np.ndarray:
-        """Tensors from outside must fit the model: a wrong shape would fail a whole batch."""
-        expected = tuple((await self.info()).input_shape)
-        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or pixels.shape[1:] != expected:
-            shape = getattr(pixels, "shape", None)
-            raise InvalidRequest(
-                f"Expected pixels of shape (N, {', '.join(map(str, expected))}), got {shape}."
-            )
-        if pixels.shape[0] == 0 or not np.isfinite(pixels).all():
-            raise InvalidRequest("Expected at least one image and only finite pixel values.")
-        return np.ascontiguousarray(pixels, dtype=np.float32)
-
 
 class SpeechRunnerAdapter(RunnerAdapter):
+    def __init__(self, name: str, client: Any, *, max_seconds: float) -> None:
+        super().__init__(name, client)
+        self.max_seconds = max_seconds  # per file: limits.max_audio_seconds
+
     async def predict(self, request: InferRequest) -> InferResponse:
         if request.task != "transcribe":
             raise self._unsupported(request)
@@ -165,7 +165,6 @@ class SpeechRunnerAdapter(RunnerAdapter):
         self,
         data: bytes,
         *,
-        max_seconds: float,
         language: str | None = None,
         prompt: str | None = None,
         temperature: float = 0.0,
@@ -178,7 +177,7 @@ class SpeechRunnerAdapter(RunnerAdapter):
                 f"The model of '{self.name}' is English-only: it cannot translate."
             )
         rate, window = int(info.sampling_rate), float(info.chunk_seconds)
-        samples = await _in_thread(_decode_audio, data, max_seconds, rate)
+        samples = await _in_thread(_decode_audio, data, self.max_seconds, rate)
         starts, clips = [], []
         for start, piece in audio.chunks(samples, seconds=window, sample_rate=rate):
             starts.append(start)
@@ -222,15 +221,11 @@ class EmbedRunnerAdapter(RunnerAdapter):
     async def predict(self, request: InferRequest) -> InferResponse:
         if request.task != "embed":
             raise self._unsupported(request)
-        return InferResponse(await self._embed(request.model, request.payload, **request.options))
+        return InferResponse(await self._embed(request.payload, **request.options))
 
     async def _embed(
-        self,
-        model: str,
-        inputs: Sequence[str] | Sequence[Sequence[int]],
-        *,
-        dimensions: int | None = None,
-    ) -> dict[str, Any]:
+        self, inputs: Sequence[str] | Sequence[Sequence[int]], *, dimensions: int | None = None
+    ) -> Embeddings:
         info: EmbedInfo = await self.info()
         if dimensions is not None and not 1 <= dimensions <= info.dimensions:
             raise InvalidRequest(
@@ -255,16 +250,7 @@ class EmbedRunnerAdapter(RunnerAdapter):
         vectors = np.stack([np.asarray(r.embedding, dtype=np.float32) for r in results])
         if dimensions is not None and dimensions < vectors.shape[1]:
             vectors = shorten(vectors, dimensions)
-        tokens = sum(r.tokens for r in results)
-        return {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": vector.tolist()}
-                for i, vector in enumerate(vectors)
-            ],
-            "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        return Embeddings(vectors, tokens=sum(r.tokens for r in results))
 
 
 def shorten(vectors: np.ndarray, dimensions: int) -> np.ndarray:

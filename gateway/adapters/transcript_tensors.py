@@ -48,10 +48,9 @@ OUTPUTS = (TensorSpec(TEXT, "BYTES", (-1,)),)
 class TranscriptTensorAdapter:
     """`infer` with a `TensorRequest` on top of a runner adapter whose `transcribe` takes files."""
 
-    def __init__(self, inner: Any, *, max_seconds: float) -> None:
-        self.inner = inner  # a SpeechRunnerAdapter: predict(transcribe: bytes) and info()
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner  # a SpeechRunnerAdapter: predict(transcribe: bytes), its own limits
         self.name: str = inner.name
-        self.max_seconds = max_seconds  # per file, as on /v1/audio (limits.max_audio_seconds)
 
     async def predict(self, request: InferRequest) -> InferResponse:
         if not isinstance(request.payload, TensorRequest):
@@ -79,11 +78,7 @@ class TranscriptTensorAdapter:
                     request,
                     task="transcribe",
                     payload=data,
-                    options={
-                        "language": language,
-                        "translate": task == "translate",
-                        "max_seconds": self.max_seconds,
-                    },
+                    options={"language": language, "translate": task == "translate"},
                 )
             )
             for data, language, task in zip(files, languages, tasks, strict=True)

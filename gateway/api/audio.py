@@ -53,7 +53,6 @@ async def _speech_to_text(request: Request, task: str) -> Response:
     )
     transcript = await calls.speech_to_text(
         router_of(request),
-        settings,
         context(request),
         upload.data,
         model=params.model,

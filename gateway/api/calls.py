@@ -2,7 +2,7 @@
 BentoML APIs of the Gateway service (service.py), so `bentoml.SyncHTTPClient(url).classify(...)`
 and `POST /v1/images/classifications` run the same code, behind the same request pipeline.
 
-    await classify(router, settings, ctx, data, model="demo-resnet", top_k=3)
+    await classify(router, ctx, data, model="demo-resnet", top_k=3)
     await generate(router, ctx, body, "chat")             # an OpenAI body; non-streaming
     async for text in text_deltas(router, ctx, body, "chat"): ...
 """
@@ -17,12 +17,10 @@ from contract.vision import Prediction
 from gateway.adapters.base import InferResponse, Task, Transcript
 from gateway.routing.router import Router
 from gateway.scope.context import RequestContext
-from settings import Settings
 
 
 async def classify(
     router: Router,
-    settings: Settings,
     ctx: RequestContext,
     data: bytes,
     *,
@@ -31,21 +29,12 @@ async def classify(
 ) -> tuple[str, list[Prediction]]:
     """(the model's public name, its predictions) for one image file."""
     route = router.resolve(model, ("image",), ctx)
-    result = await router.predict(
-        route,
-        "classify",
-        data,
-        ctx,
-        top_k=top_k,
-        default_top_k=settings.vision.top_k,
-        max_pixels=settings.limits.max_image_pixels,
-    )
+    result = await router.predict(route, "classify", data, ctx, top_k=top_k)
     return route.name, result.body
 
 
 async def speech_to_text(
     router: Router,
-    settings: Settings,
     ctx: RequestContext,
     data: bytes,
     *,
@@ -64,7 +53,6 @@ async def speech_to_text(
         language=language,
         prompt=prompt,
         temperature=temperature,
-        max_seconds=settings.limits.max_audio_seconds,
         translate=translate,
     )
     transcript: Transcript = result.body

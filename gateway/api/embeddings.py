@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.adapters.base import Embeddings
 from gateway.api.common import context, read_json_object, router_of
 from gateway.errors import InvalidRequest
 from gateway.routing.router import Router
@@ -74,13 +75,19 @@ async def embed(router: Router, ctx: RequestContext, body: dict[str, Any]) -> di
     dimensions = _dimensions(body.get("dimensions"))
     options = {} if dimensions is None else {"dimensions": dimensions}
     result = await router.predict(route, "embed", inputs, ctx, **options)
-    response: dict[str, Any] = {**result.body, "model": route.name}
-    ctx.count_usage(response.get("usage"))
-    if encoding == "base64":
-        response["data"] = [
-            {**item, "embedding": to_base64(item["embedding"])} for item in response["data"]
-        ]
-    return response
+    embedded: Embeddings = result.body
+    usage = {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens}
+    ctx.count_usage(usage)
+    encode = to_base64 if encoding == "base64" else _floats
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode(vector)}
+            for i, vector in enumerate(embedded.vectors)
+        ],
+        "model": route.name,
+        "usage": usage,
+    }
 
 
 def parse_input(value: object) -> Inputs:
@@ -110,9 +117,15 @@ def parse_input(value: object) -> Inputs:
     )
 
 
-def to_base64(vector: list[float]) -> str:
-    """Little-endian float32 bytes, base64: OpenAI's `encoding_format: "base64"`."""
+def to_base64(vector: np.ndarray) -> str:
+    """Little-endian float32 bytes, base64: OpenAI's `encoding_format: "base64"`, straight from
+    the array (no float list in between)."""
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _floats(vector: np.ndarray) -> list[float]:
+    values: list[float] = vector.tolist()
+    return values
 
 
 def _is_id(value: object) -> bool:

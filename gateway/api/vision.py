@@ -33,7 +33,6 @@ async def create_classification(request: Request) -> Response:
     params = parse_params(ClassificationParams, upload.fields)
     model, predictions = await calls.classify(
         router_of(request),
-        settings,
         context(request),
         upload.data,
         model=params.model,

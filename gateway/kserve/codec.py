@@ -9,7 +9,8 @@ A request body is JSON, or JSON followed by raw tensor bytes when the
 `parameters.binary_data_size` takes its bytes from there, in input order. Outputs are sent the
 same way when the request asks (`parameters.binary_data_output`, or per output
 `parameters.binary_data`). BYTES elements in binary are each a 4-byte little-endian length and the
-bytes; in JSON, strings.
+bytes; in JSON, strings. A BYTES input holds at most `limits.max_bytes_elements` elements, checked
+on its shape before any element is converted (`check_elements`): each may cost a call of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.errors import InvalidRequest, VersionNotFound
 from gateway.routing.registry import Kind, Route
 from gateway.tensors import ModelMetadata, Tensor, TensorRequest, TensorSpec, dtype_of
+from settings import LimitSettings
 
 if TYPE_CHECKING:  # resolve() takes them; the adapters below the router import this module
     from gateway.routing.router import Router
@@ -34,6 +36,7 @@ if TYPE_CHECKING:  # resolve() takes them; the adapters below the router import 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER = {"name": "serving-bundle", "version": "1", "extensions": ["binary_tensor_data"]}
 KINDS: tuple[Kind, ...] = ("tensor", "image", "speech")  # the kinds of model /v2 serves
+MAX_BYTES_ELEMENTS = LimitSettings().max_bytes_elements  # for callers that pass no limit
 
 
 def resolve(router: Router, name: str, version: str, ctx: RequestContext) -> tuple[Route, str]:
@@ -84,7 +87,13 @@ class DecodedRequest:
         return self._binary.get(output, self._default)
 
 
-def decode_request(raw: bytes, *, version: str, header_length: str | None) -> DecodedRequest:
+def decode_request(
+    raw: bytes,
+    *,
+    version: str,
+    header_length: str | None,
+    max_bytes_elements: int = MAX_BYTES_ELEMENTS,
+) -> DecodedRequest:
     """The tensors of an (already inflated) infer request body."""
     split = _header_length(header_length, len(raw))
     head, binary = raw[:split], memoryview(raw)[split:]
@@ -94,7 +103,7 @@ def decode_request(raw: bytes, *, version: str, header_length: str | None) -> De
         raise InvalidRequest(f"Not a KServe V2 inference request: {_problems(exc)}") from None
     inputs, offset = [], 0
     for wire in body.inputs:
-        tensor, offset = _input(wire, binary, offset)
+        tensor, offset = _input(wire, binary, offset, max_bytes_elements)
         inputs.append(tensor)
     if offset != len(binary):
         raise InvalidRequest(f"{len(binary) - offset} bytes of binary data belong to no input.")
@@ -139,7 +148,13 @@ def encode_response(
 
 
 def decode_tensor(
-    name: str, datatype: str, shape: Sequence[int], *, raw: bytes | None = None, data: Any = None
+    name: str,
+    datatype: str,
+    shape: Sequence[int],
+    *,
+    raw: bytes | None = None,
+    data: Any = None,
+    max_bytes_elements: int = MAX_BYTES_ELEMENTS,
 ) -> Tensor:
     """One input from `raw` bytes (little-endian; BYTES elements length-prefixed, as the binary
     extension and gRPC's `raw_input_contents` carry them) or from `data`, a flat sequence of
@@ -148,8 +163,22 @@ def decode_tensor(
     wire = InputTensor(
         name=name, shape=list(shape), datatype=datatype, parameters=parameters, data=data
     )
-    tensor, _ = _input(wire, memoryview(raw or b""), 0)
+    tensor, _ = _input(wire, memoryview(raw or b""), 0, max_bytes_elements)
     return tensor
+
+
+def check_elements(name: str, datatype: str, shape: Sequence[int], *, limit: int) -> int:
+    """The element count of input `name`, from its shape alone: a 400 for a negative dimension
+    or a BYTES input of more than `limit` elements. gRPC calls it before it lists the typed
+    contents."""
+    if any(d < 0 for d in shape):
+        raise InvalidRequest(f"Input '{name}' has a negative dimension: {list(shape)}.")
+    count = math.prod(shape)
+    if datatype == "BYTES" and count > limit:
+        raise InvalidRequest(
+            f"Input '{name}' has {count} BYTES elements; the limit is {limit} per input."
+        )
+    return count
 
 
 def metadata_body(meta: ModelMetadata) -> dict[str, Any]:
@@ -180,14 +209,14 @@ def to_json_data(tensor: Tensor) -> list[Any]:
     return list(flat.tolist())
 
 
-def _input(wire: InputTensor, binary: memoryview, offset: int) -> tuple[Tensor, int]:
+def _input(
+    wire: InputTensor, binary: memoryview, offset: int, max_bytes_elements: int
+) -> tuple[Tensor, int]:
     try:
         dtype = dtype_of(wire.datatype)
     except ValueError as exc:
         raise InvalidRequest(f"Input '{wire.name}': {exc}") from None
-    if any(d < 0 for d in wire.shape):
-        raise InvalidRequest(f"Input '{wire.name}' has a negative dimension: {wire.shape}.")
-    count = math.prod(wire.shape)
+    count = check_elements(wire.name, wire.datatype, wire.shape, limit=max_bytes_elements)
     size = wire.parameters.get("binary_data_size")
     try:
         if size is not None:
@@ -198,7 +227,7 @@ def _input(wire: InputTensor, binary: memoryview, offset: int) -> tuple[Tensor, 
         elif wire.data is None:
             raise ValueError("no 'data' and no 'binary_data_size'")
         else:
-            data = _from_json(wire.data, wire.datatype, dtype)
+            data = _from_json(wire.data, wire.datatype, dtype, count)
         if data.size != count:
             raise ValueError(f"{data.size} values do not fill shape {wire.shape}")
         return Tensor(wire.name, wire.datatype, data.reshape(wire.shape)), offset
@@ -206,10 +235,12 @@ def _input(wire: InputTensor, binary: memoryview, offset: int) -> tuple[Tensor, 
         raise InvalidRequest(f"Input '{wire.name}': {exc}") from None
 
 
-def _from_json(data: Any, datatype: str, dtype: np.dtype[Any]) -> np.ndarray:
+def _from_json(data: Any, datatype: str, dtype: np.dtype[Any], count: int) -> np.ndarray:
     if datatype != "BYTES":
         return np.asarray(data, dtype=dtype).reshape(-1)
     flat = np.asarray(data, dtype=object).reshape(-1)
+    if flat.size != count:  # refused by the caller before any value is converted
+        return flat
     return np.array([x.encode() if isinstance(x, str) else bytes(x) for x in flat], dtype=object)
 
 
@@ -220,6 +251,8 @@ def _from_bytes(buf: memoryview, datatype: str, dtype: np.dtype[Any], count: int
         return np.frombuffer(buf, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
     items, pos = [], 0
     while pos < len(buf):
+        if len(items) == count:
+            raise ValueError(f"the binary data holds more than the shape's {count} elements")
         if pos + 4 > len(buf):
             raise ValueError("truncated BYTES element")
         (n,) = struct.unpack_from("<I", buf, pos)

@@ -1,6 +1,8 @@
 """KServe V2 routes (Triton's HTTP protocol): tensor models on Triton backends and the bundled
 image and speech runners (gateway/adapters/pixels.py, transcript_tensors.py). Errors come back in
 KServe's shape, `{"error": "..."}`. The same models are served over gRPC (gateway/kserve/grpc.py).
+Health answers in the Open Inference Protocol's shape, `{"live": true}` and `{"ready": ...}` (503
+when not ready), which KServe's own `InferenceRESTClient` parses.
 
     client = tritonclient.http.InferenceServerClient("localhost:3000")
     client.get_model_metadata("demo-resnet")
@@ -32,11 +34,12 @@ async def server_metadata(request: Request) -> Response:
 
 
 async def server_live(request: Request) -> Response:
-    return Response(status_code=200)
+    return JSONResponse({"live": True})
 
 
 async def server_ready(request: Request) -> Response:
-    return Response(status_code=200 if await router_of(request).ready() else 503)
+    ready = await router_of(request).ready()
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
 async def model_metadata(request: Request) -> Response:
@@ -53,11 +56,12 @@ async def model_ready(request: Request) -> Response:
 
 async def infer(request: Request) -> Response:
     route, version = _resolve(request)
-    limit = request.app.state.settings.limits.max_request_bytes
+    limits = request.app.state.settings.limits
     decoded = decode_request(
-        await read_body(request, limit=limit),
+        await read_body(request, limit=limits.max_request_bytes),
         version=version,
         header_length=request.headers.get(HEADER_LENGTH),
+        max_bytes_elements=limits.max_bytes_elements,
     )
     result = await router_of(request).predict(route, "infer", decoded.tensors, context(request))
     body, headers = encode_response(route.name, version, decoded, result.body)

@@ -61,9 +61,16 @@ def bundled_router(
             health=service,  # the service's /readyz: its own check of the engine
             health_path="/readyz",
         ),
-        VISION: PixelTensorAdapter(VisionRunnerAdapter(VISION, vision)),
+        VISION: PixelTensorAdapter(
+            VisionRunnerAdapter(
+                VISION,
+                vision,
+                default_top_k=settings.vision.top_k,
+                max_pixels=settings.limits.max_image_pixels,
+            )
+        ),
         SPEECH: TranscriptTensorAdapter(  # /v1/audio as it is, and audio files as /v2 tensors
-            SpeechRunnerAdapter(SPEECH, speech), max_seconds=settings.limits.max_audio_seconds
+            SpeechRunnerAdapter(SPEECH, speech, max_seconds=settings.limits.max_audio_seconds)
         ),
         EMBED: EmbedRunnerAdapter(EMBED, embed),
     }

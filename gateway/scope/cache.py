@@ -34,7 +34,8 @@ import numpy as np
 from prometheus_client import Counter
 
 from contract.vision import Prediction
-from gateway.adapters.base import InferResponse, Segment, Task, Transcript
+from gateway.adapters.base import Embeddings, InferResponse, Segment, Task, Transcript
+from gateway.kserve.codec import to_bytes
 from gateway.tensors import Tensor, TensorRequest
 from settings import CacheSettings
 
@@ -162,7 +163,7 @@ def _feed(digest: Any, payload: Any) -> None:
     elif isinstance(payload, TensorRequest):
         for t in payload.inputs:
             digest.update(f"{t.name}\0{t.datatype}\0{t.shape}\0".encode())
-            digest.update(_tensor_bytes(t))
+            digest.update(to_bytes(t))  # BYTES elements length-prefixed, so lists cannot collide
         meta = {
             "outputs": payload.outputs,
             "version": payload.version,
@@ -186,6 +187,9 @@ def encode(response: InferResponse) -> bytes | None:
         data = {"kind": "transcript", "body": dataclasses.asdict(body)}
     elif isinstance(body, tuple) and all(isinstance(t, Tensor) for t in body):
         data = {"kind": "tensors", "body": [_tensor_to_json(t) for t in body]}
+    elif isinstance(body, Embeddings):
+        vectors = Tensor("vectors", "FP32", np.asarray(body.vectors, dtype=np.float32))
+        data = {"kind": "embeddings", "body": _tensor_to_json(vectors), "tokens": body.tokens}
     else:
         return None  # a body this codec does not know is not cached
     data["status"] = response.status
@@ -202,13 +206,9 @@ def decode(value: bytes) -> InferResponse:
         body = Transcript(**{**body, "segments": segments})
     elif kind == "tensors":
         body = tuple(_tensor_from_json(t) for t in body)
+    elif kind == "embeddings":
+        body = Embeddings(_tensor_from_json(body).data, tokens=int(data["tokens"]))
     return InferResponse(body, status=int(data["status"]))
-
-
-def _tensor_bytes(t: Tensor) -> bytes:
-    if t.datatype == "BYTES":
-        return b"\0".join(bytes(x) if not isinstance(x, str) else x.encode() for x in t.data.flat)
-    return np.ascontiguousarray(t.data).tobytes()
 
 
 def _tensor_to_json(t: Tensor) -> dict[str, Any]:

@@ -313,4 +313,4 @@ async def test_the_adapter_does_only_embed(runner: FakeEmbedRunner) -> None:
     with pytest.raises(InvalidRequest, match="does not do 'classify'"):
         await adapter.predict(InferRequest("classify", "fake-embed", b""))
     result = await adapter.predict(InferRequest("embed", "fake-embed", ["x"]))
-    assert result.body["model"] == "fake-embed" and len(result.body["data"]) == 1
+    assert result.body.vectors.dtype == np.float32 and result.body.vectors.shape[0] == 1

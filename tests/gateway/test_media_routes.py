@@ -7,6 +7,7 @@ from typing import Any
 
 import openai
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from gateway.adapters.base import InferenceAdapter
@@ -35,20 +36,36 @@ def speech_runner() -> FakeSpeechRunner:
     return FakeSpeechRunner()
 
 
-@pytest.fixture
-def client(
-    vision_runner: FakeVisionRunner, speech_runner: FakeSpeechRunner
-) -> Iterator[TestClient]:
+def app_for(
+    settings: Settings, vision_runner: FakeVisionRunner, speech_runner: FakeSpeechRunner
+) -> Starlette:
+    """The routes over the fake runners, with adapters bound to `settings` as the bundle's."""
     routes = [
         Route("resnet", "image", "vision", "resnet"),
         Route("whisper", "speech", "speech", "whisper"),
     ]
+    limits = settings.limits
     adapters: dict[str, InferenceAdapter] = {
-        "vision": VisionRunnerAdapter("vision", vision_runner),
-        "speech": SpeechRunnerAdapter("speech", speech_runner),
+        "vision": VisionRunnerAdapter(
+            "vision",
+            vision_runner,
+            default_top_k=settings.vision.top_k,
+            max_pixels=limits.max_image_pixels,
+        ),
+        "speech": SpeechRunnerAdapter(
+            "speech", speech_runner, max_seconds=limits.max_audio_seconds
+        ),
     }
     app = create_app()
-    install(app, settings=Settings(limits=LIMITS), router=Router(Registry(routes), adapters))
+    install(app, settings=settings, router=Router(Registry(routes), adapters))
+    return app
+
+
+@pytest.fixture
+def client(
+    vision_runner: FakeVisionRunner, speech_runner: FakeSpeechRunner
+) -> Iterator[TestClient]:
+    app = app_for(Settings(limits=LIMITS), vision_runner, speech_runner)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -85,10 +102,14 @@ def test_raw_body_classification_with_query_parameters(client: TestClient) -> No
     assert len(raw.json()["predictions"]) == 4  # default top_k 5, capped by the 4 labels
 
 
-def test_the_default_top_k_comes_from_settings(client: TestClient) -> None:
+def test_the_default_top_k_comes_from_settings(
+    vision_runner: FakeVisionRunner, speech_runner: FakeSpeechRunner
+) -> None:
     settings = Settings.model_validate({"limits": LIMITS, "vision": {"top_k": 2}})
-    client.app.state.settings = settings  # type: ignore[attr-defined]
-    r = client.post(f"{CLASSIFY}?model=resnet", content=PNG, headers={"content-type": "image/png"})
+    with TestClient(app_for(settings, vision_runner, speech_runner)) as client:
+        r = client.post(
+            f"{CLASSIFY}?model=resnet", content=PNG, headers={"content-type": "image/png"}
+        )
     assert len(r.json()["predictions"]) == 2
 
 

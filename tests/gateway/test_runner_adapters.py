@@ -22,8 +22,6 @@ from gateway.errors import (
 from tests.gateway.fake_runners import LABELS, FakeSpeechRunner, FakeVisionRunner
 from tests.media import audio_bytes, forged_png, image_bytes, noise_image, solid, tone
 
-LIMITS = {"max_pixels": 1_000_000}
-
 
 @pytest.fixture
 def runner() -> FakeVisionRunner:
@@ -32,11 +30,11 @@ def runner() -> FakeVisionRunner:
 
 @pytest.fixture
 def vision(runner: FakeVisionRunner) -> VisionRunnerAdapter:
-    return VisionRunnerAdapter("vision", runner)
+    return VisionRunnerAdapter("vision", runner, default_top_k=5, max_pixels=1_000_000)
 
 
 def classify(data: bytes, **options: object) -> InferRequest:
-    return InferRequest("classify", "fake-resnet", data, {**LIMITS, **options})
+    return InferRequest("classify", "fake-resnet", data, options)
 
 
 async def test_classify_sends_one_preprocessed_image_and_ranks_the_labels(
@@ -51,8 +49,9 @@ async def test_classify_sends_one_preprocessed_image_and_ranks_the_labels(
     assert all(LABELS[p.index] == p.label for p in predictions)
 
 
-async def test_default_top_k_is_capped_by_the_number_of_labels(vision: VisionRunnerAdapter) -> None:
-    result = await vision.predict(classify(image_bytes(noise_image(1)), default_top_k=10))
+async def test_default_top_k_is_capped_by_the_number_of_labels(runner: FakeVisionRunner) -> None:
+    vision = VisionRunnerAdapter("vision", runner, default_top_k=10, max_pixels=1_000_000)
+    result = await vision.predict(classify(image_bytes(noise_image(1))))
     assert len(result.body) == len(LABELS)
 
 
@@ -75,12 +74,14 @@ async def test_bad_images_never_reach_the_runner(
     assert runner.sent("predict") == []
 
 
-async def test_infer_passes_tensors_and_checks_their_shape(vision: VisionRunnerAdapter) -> None:
+async def test_infer_passes_pixel_tensors_to_the_runner(
+    vision: VisionRunnerAdapter, runner: FakeVisionRunner
+) -> None:
+    """Their shape is checked once, against the model's declared input (pixels.py)."""
     pixels = np.zeros((2, 3, 28, 28), np.float32)
     result = await vision.predict(InferRequest("infer", "fake-resnet", pixels))
     assert result.body.shape == (2, len(LABELS))
-    with pytest.raises(InvalidRequest, match=r"\(N, 3, 28, 28\)"):
-        await vision.predict(InferRequest("infer", "fake-resnet", np.zeros((1, 3, 32, 32))))
+    assert runner.sent("predict")[0]["pixel_values"] is pixels
 
 
 async def test_info_is_asked_once(vision: VisionRunnerAdapter, runner: FakeVisionRunner) -> None:
@@ -133,7 +134,10 @@ async def test_a_shed_request_says_when_to_retry(
 @pytest.mark.parametrize(("ready", "healthy"), [(True, True), (False, False), (OSError(), False)])
 async def test_health_follows_the_runner(ready: object, healthy: bool) -> None:
     runner = FakeVisionRunner(ready=ready)  # type: ignore[arg-type]
-    assert await VisionRunnerAdapter("vision", runner).health() is healthy
+    assert (
+        await VisionRunnerAdapter("vision", runner, default_top_k=5, max_pixels=40_000_000).health()
+        is healthy
+    )
 
 
 async def test_unsupported_tasks_are_refused(vision: VisionRunnerAdapter) -> None:
@@ -145,12 +149,12 @@ async def test_unsupported_tasks_are_refused(vision: VisionRunnerAdapter) -> Non
 
 
 def transcribe(data: bytes, **options: object) -> InferRequest:
-    return InferRequest("transcribe", "fake-whisper", data, {"max_seconds": 600, **options})
+    return InferRequest("transcribe", "fake-whisper", data, options)
 
 
 async def test_long_audio_goes_out_as_one_batch_of_30_second_clips() -> None:
     runner = FakeSpeechRunner()
-    speech = SpeechRunnerAdapter("speech", runner)
+    speech = SpeechRunnerAdapter("speech", runner, max_seconds=600)
     data = audio_bytes(tone(65.0, 440, 8000), 8000, "FLAC")
     result = await speech.predict(transcribe(data, language="DE", prompt="hi", temperature=0.5))
     (sent,) = runner.sent("transcribe")
@@ -165,22 +169,24 @@ async def test_long_audio_goes_out_as_one_batch_of_30_second_clips() -> None:
 async def test_unsupported_language_is_400_before_decoding() -> None:
     runner = FakeSpeechRunner()
     with pytest.raises(InvalidRequest, match="Unsupported language 'klingon'") as err:
-        await SpeechRunnerAdapter("speech", runner).predict(transcribe(b"x", language="klingon"))
+        await SpeechRunnerAdapter("speech", runner, max_seconds=600).predict(
+            transcribe(b"x", language="klingon")
+        )
     assert err.value.param == "language" and runner.sent("transcribe") == []
 
 
 async def test_english_only_models_take_english_without_a_language_token() -> None:
     runner = FakeSpeechRunner(languages=[])
-    speech = SpeechRunnerAdapter("speech", runner)
+    speech = SpeechRunnerAdapter("speech", runner, max_seconds=600)
     await speech.predict(transcribe(audio_bytes(tone(1.0, 440, 16_000), 16_000), language="en"))
     assert runner.sent("transcribe")[0]["clips"][0].language is None
 
 
 async def test_too_long_or_corrupt_audio_is_refused_without_the_runner() -> None:
     runner = FakeSpeechRunner()
-    speech = SpeechRunnerAdapter("speech", runner)
+    speech = SpeechRunnerAdapter("speech", runner, max_seconds=2)
     with pytest.raises(PayloadTooLarge, match="limit is 2 s"):
-        await speech.predict(transcribe(audio_bytes(tone(3.0, 440, 8000), 8000), max_seconds=2))
+        await speech.predict(transcribe(audio_bytes(tone(3.0, 440, 8000), 8000)))
     with pytest.raises(InvalidRequest, match="not WAV, FLAC, OGG or MP3"):
         await speech.predict(transcribe(image_bytes(noise_image(1))))
     assert runner.sent("transcribe") == []
@@ -192,7 +198,7 @@ async def test_a_failed_clip_fails_the_request_as_a_backend_error() -> None:
         type(runner).transcribe(runner, clips)[0].model_copy(update={"error": "ValueError: nope"})
     ]
     with pytest.raises(BackendError, match="nope"):
-        await SpeechRunnerAdapter("speech", runner).predict(
+        await SpeechRunnerAdapter("speech", runner, max_seconds=600).predict(
             transcribe(audio_bytes(tone(1.0, 440, 16_000), 16_000))
         )
 

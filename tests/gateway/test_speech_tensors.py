@@ -36,7 +36,7 @@ def runner() -> FakeSpeechRunner:
 
 @pytest.fixture
 def client(runner: FakeSpeechRunner) -> Iterator[TestClient]:
-    speech = TranscriptTensorAdapter(SpeechRunnerAdapter("speech", runner), max_seconds=5)
+    speech = TranscriptTensorAdapter(SpeechRunnerAdapter("speech", runner, max_seconds=5))
     router = Router(Registry([Route("whisper", "speech", "speech", "whisper")]), {"speech": speech})
     app = create_app()
     install(app, settings=Settings(), router=router)
@@ -221,7 +221,7 @@ async def test_a_failing_file_fails_the_request_and_cancels_the_rest() -> None:
     files = np.empty(2, dtype=object)
     files[:] = [b"slow", b"bad"]
     payload = TensorRequest(inputs=(Tensor("audio", "BYTES", files),))
-    adapter = TranscriptTensorAdapter(Inner(), max_seconds=5)
+    adapter = TranscriptTensorAdapter(Inner())
     with pytest.raises(InvalidRequest, match="not audio"):
         await adapter.predict(InferRequest("infer", "whisper", payload))
     assert cancelled.is_set()

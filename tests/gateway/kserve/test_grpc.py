@@ -77,11 +77,15 @@ class Stack:
             {
                 "triton": Backend(TritonAdapter("triton", self.triton), breaker=breaker),
                 "vision": Backend(
-                    PixelTensorAdapter(VisionRunnerAdapter("vision", self.vision_runner)),
+                    PixelTensorAdapter(
+                        VisionRunnerAdapter(
+                            "vision", self.vision_runner, default_top_k=5, max_pixels=40_000_000
+                        )
+                    ),
                     required=True,
                 ),
                 "speech": TranscriptTensorAdapter(
-                    SpeechRunnerAdapter("speech", self.speech_runner), max_seconds=600
+                    SpeechRunnerAdapter("speech", self.speech_runner, max_seconds=600)
                 ),
                 "llm": FakeAdapter("llm"),
             },

@@ -58,7 +58,12 @@ def client(triton: FakeTriton) -> Iterator[TestClient]:
     backends = {
         "triton": Backend(TritonAdapter("triton", triton), breaker=breaker, kind="triton"),
         "vision": Backend(
-            PixelTensorAdapter(VisionRunnerAdapter("vision", FakeVisionRunner())), required=True
+            PixelTensorAdapter(
+                VisionRunnerAdapter(
+                    "vision", FakeVisionRunner(), default_top_k=5, max_pixels=40_000_000
+                )
+            ),
+            required=True,
         ),
         "llm": FakeAdapter("llm"),
     }
