@@ -18,9 +18,8 @@ import bentoml
 
 from contract.embedding import Embedding, EmbedInfo, EmbedInput
 from contract.names import EMBED as EMBED_NAME
-from lifecycle import DrainMiddleware, die_with_parent, drain_runner, tune_gc
-from runners.batching import cap_batch_hold
-from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
+from runners.metrics import BATCH_SIZE
+from runners.shell import batched_runner, starting
 from settings import get_settings
 
 if TYPE_CHECKING:
@@ -30,29 +29,23 @@ SETTINGS = get_settings()
 EMBED = SETTINGS.embed
 
 
-@bentoml.service(
-    name=EMBED_NAME, workers=1, traffic={"timeout": 600}, runner_connection=RUNNER_CONNECTION
-)
+@batched_runner(EMBED_NAME)
 class Embedder:
     model = bentoml.models.BentoModel(EMBED.model)
 
     def __init__(self) -> None:
-        die_with_parent()
-        drain_runner(SETTINGS.drain)
-        cap_batch_hold(EMBED.max_hold_ms)
-        from runners.device import select_device
-        from runners.encoder import Encoder  # torch loads in this service's process only
+        with starting(EMBED.max_hold_ms) as device:
+            from runners.encoder import Encoder  # torch loads in this service's process only
 
-        stored = self.model
-        self.tag = str(stored.tag)
-        self.encoder: Encoder = Encoder.load(
-            stored.path,
-            stored.info.metadata,
-            device=select_device(SETTINGS.device),
-            max_tokens=EMBED.max_input_tokens,
-            batch_size=EMBED.max_batch_size,
-        )
-        tune_gc()
+            stored = self.model
+            self.tag = str(stored.tag)
+            self.encoder: Encoder = Encoder.load(
+                stored.path,
+                stored.info.metadata,
+                device=device,
+                max_tokens=EMBED.max_input_tokens,
+                batch_size=EMBED.max_batch_size,
+            )
 
     @bentoml.api(
         batchable=EMBED.batching,
@@ -75,6 +68,3 @@ class Embedder:
             normalize=encoder.normalize,
             vocab_size=encoder.vocab_size,
         )
-
-
-Embedder.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]

@@ -50,6 +50,7 @@ def engine_command(settings: LLMSettings, model_path: str, served_name: str) -> 
     )
     if settings.tool_call_parser:
         cmd += ["--enable-auto-tool-choice", "--tool-call-parser", settings.tool_call_parser]
+        cmd += ["--tool-strict-level", settings.tool_strict_level]
     if settings.reasoning_parser:
         cmd += ["--reasoning-parser", settings.reasoning_parser]
     cmd += ["--shutdown-timeout", str(settings.shutdown_timeout_s)]

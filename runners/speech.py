@@ -19,9 +19,8 @@ import bentoml
 from contract import audio
 from contract.names import SPEECH as SPEECH_NAME
 from contract.speech import Clip, ClipText, SpeechInfo
-from lifecycle import DrainMiddleware, die_with_parent, drain_runner, tune_gc
-from runners.batching import cap_batch_hold
-from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
+from runners.metrics import BATCH_SIZE
+from runners.shell import batched_runner, starting
 from settings import get_settings
 
 if TYPE_CHECKING:
@@ -31,25 +30,19 @@ SETTINGS = get_settings()
 SPEECH = SETTINGS.speech
 
 
-@bentoml.service(
-    name=SPEECH_NAME, workers=1, traffic={"timeout": 600}, runner_connection=RUNNER_CONNECTION
-)
+@batched_runner(SPEECH_NAME)
 class Transcriber:
     model = bentoml.models.BentoModel(SPEECH.model)
 
     def __init__(self) -> None:
-        die_with_parent()
-        drain_runner(SETTINGS.drain)
-        cap_batch_hold(SPEECH.max_hold_ms)
-        from runners.device import select_device
-        from runners.whisper import Whisper  # torch loads in this service's process only
+        with starting(SPEECH.max_hold_ms) as device:
+            from runners.whisper import Whisper  # torch loads in this service's process only
 
-        stored = self.model
-        self.tag = str(stored.tag)
-        self.whisper: Whisper = Whisper.load(
-            stored.path, device=select_device(SETTINGS.device), max_new_tokens=SPEECH.max_new_tokens
-        )
-        tune_gc()
+            stored = self.model
+            self.tag = str(stored.tag)
+            self.whisper: Whisper = Whisper.load(
+                stored.path, device=device, max_new_tokens=SPEECH.max_new_tokens
+            )
 
     @bentoml.api(
         batchable=SPEECH.batching,
@@ -69,6 +62,3 @@ class Transcriber:
             languages=self.whisper.languages,
             chunk_seconds=audio.CHUNK_SECONDS,
         )
-
-
-Transcriber.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]

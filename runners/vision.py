@@ -24,9 +24,8 @@ from bentoml.validators import ContentType, DType
 from contract import imaging
 from contract.names import VISION as VISION_NAME
 from contract.vision import Prediction, VisionInfo
-from lifecycle import DrainMiddleware, die_with_parent, drain_runner, tune_gc
-from runners.batching import cap_batch_hold
-from runners.metrics import BATCH_SIZE, RUNNER_CONNECTION
+from runners.metrics import BATCH_SIZE
+from runners.shell import batched_runner, starting
 from settings import get_settings
 
 if TYPE_CHECKING:
@@ -36,28 +35,22 @@ SETTINGS = get_settings()
 VISION = SETTINGS.vision
 
 
-@bentoml.service(
-    name=VISION_NAME, workers=1, traffic={"timeout": 600}, runner_connection=RUNNER_CONNECTION
-)
+@batched_runner(VISION_NAME)
 class ImageClassifier:
     model = bentoml.models.BentoModel(VISION.model)
 
     def __init__(self) -> None:
-        die_with_parent()
-        drain_runner(SETTINGS.drain)
-        cap_batch_hold(VISION.max_hold_ms)
-        from runners.classifier import Classifier  # torch loads in this service's process only
-        from runners.device import select_device
+        with starting(VISION.max_hold_ms) as device:
+            from runners.classifier import Classifier  # torch loads in this service's process only
 
-        stored = self.model
-        self.tag = str(stored.tag)
-        self.classifier: Classifier = Classifier.load(
-            stored.path,
-            stored.info.metadata,
-            device=select_device(SETTINGS.device),
-            graph=VISION.graph,
-        )
-        tune_gc()
+            stored = self.model
+            self.tag = str(stored.tag)
+            self.classifier: Classifier = Classifier.load(
+                stored.path,
+                stored.info.metadata,
+                device=device,
+                graph=VISION.graph,
+            )
 
     @bentoml.api(
         batchable=VISION.batching,
@@ -96,6 +89,3 @@ class ImageClassifier:
             raise InvalidArgument(str(exc)) from None
         BATCH_SIZE.labels(runner=VISION_NAME).observe(1)
         return self.classifier.top_k(self.classifier.probabilities(pixels)[0], top_k)
-
-
-ImageClassifier.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]
