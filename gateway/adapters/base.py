@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+import anyio
 
 Task = Literal["chat", "completion", "responses", "classify", "transcribe", "infer", "embed"]
 
@@ -31,6 +33,9 @@ class InferRequest:
     payload: Any
     options: dict[str, Any] = field(default_factory=dict)
     request_id: str | None = None  # the gateway's id of the request, passed to the backend
+    # The request's context (gateway/scope/context.py), for the router's layers only: the
+    # picker reads its caller, the backend records the endpoint that served it. Adapters ignore it.
+    context: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -78,3 +83,63 @@ class InferenceAdapter(Protocol):
     async def health(self) -> bool: ...
 
     async def aclose(self) -> None: ...
+
+
+class OpenedStream:
+    """A response stream whose first chunk has arrived (None: it ended without any): the first
+    chunk, the rest as it comes, and one `aclose()` that closes the upstream stream and then
+    runs what each layer that opened it registered (its admission slot, its endpoint's count),
+    once, however the relay ends. Retries, breakers, picks and fallbacks wrap the opening of a
+    stream, never its body (as httpx's `stream()`)."""
+
+    def __init__(self, first: bytes | None, rest: AsyncIterator[bytes]) -> None:
+        self.first = first
+        self.rest = rest
+        self._closers: list[Callable[[], None]] = []
+        self._closed = False
+
+    @classmethod
+    async def open(cls, chunks: AsyncIterator[bytes]) -> OpenedStream:
+        """Wait for the first chunk of `chunks` (a failure before it closes them)."""
+        try:
+            return cls(await anext(chunks), chunks)
+        except StopAsyncIteration:
+            return cls(None, chunks)
+        except BaseException:
+            await close_stream(chunks)
+            raise
+
+    def on_close(self, closer: Callable[[], None]) -> OpenedStream:
+        self._closers.append(closer)
+        return self
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await close_stream(self.rest)
+        finally:
+            for closer in reversed(self._closers):
+                closer()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Every chunk, the first included; closes the stream at the end."""
+        try:
+            if self.first is None:
+                return
+            yield self.first
+            async for chunk in self.rest:
+                yield chunk
+        finally:
+            await self.aclose()
+
+
+async def close_stream(chunks: AsyncIterator[bytes]) -> None:
+    """Close a stream even in a cancelled task (the client went away): shielded. A generator
+    that has run to its end has nothing left to close (the common case: no cancel scope)."""
+    close = getattr(chunks, "aclose", None)
+    if close is None or getattr(chunks, "ag_frame", True) is None:
+        return
+    with anyio.CancelScope(shield=True):
+        await close()

@@ -11,11 +11,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.adapters.base import Task
+from gateway.adapters.base import OpenedStream, Task, close_stream
 from gateway.api import calls
 from gateway.api.common import context, read_json_object, router_of
 from gateway.errors import GatewayError, openai_error_body
-from gateway.routing.backend import close_stream
 from gateway.routing.registry import Kind, Split
 from gateway.routing.registry import Route as ModelRoute
 from gateway.scope.context import RequestContext
@@ -89,9 +88,8 @@ async def _generate(request: Request, task: Task) -> Response:
         body["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                   "include_usage": True}  # fmt: skip
     tap = UsageTap(ctx, strip=not wants_usage)
-    chunks = router.stream(route, task, body, ctx)
-    first = await anext(chunks)  # a refusal before the first byte is still a plain JSON error
-    return EventStream(tap, first, chunks)
+    # A refusal before the first byte is still a plain JSON error: the stream is opened here.
+    return EventStream(tap, await router.open_stream(route, task, body, ctx))
 
 
 class EventStream(Response):
@@ -109,11 +107,11 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, tap: UsageTap, first: bytes, rest: AsyncIterator[bytes]) -> None:
+    def __init__(self, tap: UsageTap, opened: OpenedStream) -> None:
         self.status_code = 200
         self.background = None
         self.init_headers()
-        self.tap, self.first, self.rest = tap, first, rest
+        self.tap, self.opened = tap, opened
         self.gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -131,7 +129,7 @@ class EventStream(Response):
         finally:
             watcher.cancel()
             await close_stream(relay)
-            await close_stream(self.rest)
+            await self.opened.aclose()
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -139,11 +137,11 @@ class EventStream(Response):
         self.gone = True
 
     async def _relay(self) -> AsyncIterator[bytes]:
-        tap = self.tap
-        if out := tap.feed(self.first):
+        tap, opened = self.tap, self.opened
+        if opened.first is not None and (out := tap.feed(opened.first)):
             yield out
         try:
-            async for chunk in self.rest:
+            async for chunk in opened.rest:
                 if DRAIN.past_deadline:
                     raise ShuttingDown()
                 if out := tap.feed(chunk):

@@ -1,32 +1,37 @@
-"""One backend as the router uses it: an adapter behind a circuit breaker, a timeout and retries.
+"""One backend as the router uses it: a pool of endpoints (replicas of one model server, each
+an adapter behind its own circuit breaker; one for a backend given one `url`), a timeout and
+retries, behind admission.
 
     backend = Backend(adapter, breaker=CircuitBreaker(), timeout_s=30, retries=1,
                       admission=Admission("triton", max_inflight=64, max_queue=256,
                                           queue_timeout_s=30))
+    backend = Backend(pool=Pool("chat", endpoints, picker=make_picker("prefix")), ...)
     await backend.predict(request)
+    opened = await backend.open_stream(request)        # OpenedStream; opened.aclose() at the end
 
-Admission (gateway/scope/admission.py) comes first: a request waits for one of the backend's
-slots, in order, and holds it for the whole call with its retries (a stream: until its last
-chunk); past the queue it is refused at once with a 503 (`BackendOverloaded`).
+Admission (gateway/scope/admission.py) comes first: a request waits for a slot (`max_inflight`
+per endpoint, one queue per backend), in order, and holds it for the whole call with its retries
+(a stream: until its last chunk); past the queue it is refused at once with a 503
+(`BackendOverloaded`). Then the pool picks an endpoint (gateway/routing/pool.py).
 
-A failure of the backend (`BackendError`: unreachable, 5xx, timed out) counts against its
+A failure of an endpoint (`BackendError`: unreachable, 5xx, timed out) counts against its
 breaker; a client error (4xx) counts as a success, since the backend answered. A call that was
-refused because the backend could not be reached (`BackendUnavailable`, not the breaker's own
-refusal, not an overload) is retried up to `retries` times with jittered
-exponential backoff. Streams are retried and timed only until their first chunk: after it the
-client has bytes, and a retry could send it a second beginning.
+refused because the endpoint could not be reached (`BackendUnavailable`, not the breaker's own
+refusal, not an overload) is retried up to `retries` times: on another endpoint of the pool when
+there is one (no client-visible error), else on the same one with jittered exponential backoff.
+Streams are retried and timed only until their first chunk: after it the client has bytes, and a
+retry could send it a second beginning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import anyio
-
-from gateway.adapters.base import InferenceAdapter, InferRequest, InferResponse
+from gateway.adapters.base import InferenceAdapter, InferRequest, InferResponse, OpenedStream
 from gateway.errors import (
     BackendError,
     BackendOverloaded,
@@ -37,17 +42,19 @@ from gateway.errors import (
 )
 from gateway.routing.breaker import CircuitBreaker, CircuitOpen, Permit, State
 from gateway.routing.metrics import BackendMetrics
+from gateway.routing.pick import Choice, RoundRobin, response_id_in
+from gateway.routing.pool import HEALTH_TIMEOUT_S, Endpoint, Pool
 from gateway.scope.admission import Admission
 
 T = TypeVar("T")
-HEALTH_TIMEOUT_S = 5.0
 
 
 class Backend:
     def __init__(
         self,
-        adapter: InferenceAdapter,
+        adapter: InferenceAdapter | None = None,
         *,
+        pool: Pool | None = None,
         breaker: CircuitBreaker | None = None,
         metrics: BackendMetrics | None = None,
         kind: str = "runner",
@@ -60,10 +67,15 @@ class Backend:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        self.name = adapter.name
-        self.adapter = adapter
-        self.metrics = metrics or BackendMetrics(adapter.name)
-        self.breaker = breaker or CircuitBreaker(listener=self.metrics.transition)
+        if pool is None:
+            assert adapter is not None, "a Backend needs an adapter or a pool"
+            metrics = metrics or BackendMetrics(adapter.name)
+            breaker = breaker or CircuitBreaker(listener=metrics.transition)
+            endpoint = Endpoint(adapter.name, target or adapter.name, adapter, breaker)
+            pool = Pool(adapter.name, [endpoint], picker=RoundRobin())
+        self.name = pool.backend
+        self.pool = pool
+        self.metrics = metrics or BackendMetrics(self.name)
         self.kind = kind
         self.target = target  # where it is, for the status page
         self.required = required
@@ -76,44 +88,105 @@ class Backend:
         self._sleep = sleep
         self._rng = rng
 
+    @property
+    def adapter(self) -> InferenceAdapter:
+        """An endpoint's adapter (the first): what the backend can do, for the router."""
+        return self.pool.endpoints[0].adapter
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The first endpoint's breaker: the backend's own when it has one endpoint."""
+        return self.pool.endpoints[0].breaker
+
     async def predict(self, request: InferRequest) -> InferResponse:
         async with self.admission.slot():
-            return await self.call(lambda: self.adapter.predict(request))
+            endpoint, _, result = await self._attempts(request, lambda a: a.predict(request))
+            endpoint.finished()
+        if request.task == "responses":
+            self.pool.picker.answered(endpoint, request, result.body)
+        return result
+
+    async def open_stream(self, request: InferRequest) -> OpenedStream:
+        """The stream once its first chunk has come; its `aclose()` frees its slot."""
+        await self.admission.acquire()
+        try:
+            endpoint, _, opened = await self._attempts(
+                request, lambda a: OpenedStream.open(a.stream(request))
+            )
+        except BaseException:
+            self.admission.release()
+            raise
+        if request.task == "responses" and opened.first is not None:
+            self.pool.picker.answered(endpoint, request, {"id": response_id_in(opened.first)})
+
+        def done() -> None:
+            endpoint.finished()
+            self.admission.release()
+
+        return opened.on_close(done)
 
     async def stream(self, request: InferRequest) -> AsyncIterator[bytes]:
-        async with self.admission.slot():
-            first, rest = await self.call(lambda: _open_stream(self.adapter, request))
-            try:
-                if first is not None:
-                    yield first
-                    async for chunk in rest:
-                        yield chunk
-            finally:
-                await close_stream(rest)
+        """The chunks of `open_stream`, as one iterator."""
+        opened = await self.open_stream(request)
+        async for chunk in opened.chunks():
+            yield chunk
 
-    async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """`attempt()` through the breaker and timeout, retried while the backend is unreachable."""
+    async def call(self, attempt: Callable[[InferenceAdapter], Awaitable[T]]) -> T:
+        """`attempt(adapter)` on an endpoint, through its breaker and the timeout, retried while
+        endpoints are unreachable (no admission: for metadata and such)."""
+        endpoint, _, result = await self._attempts(None, attempt)
+        endpoint.finished()
+        return result
+
+    async def _attempts(
+        self, request: InferRequest | None, attempt: Callable[[InferenceAdapter], Awaitable[T]]
+    ) -> tuple[Endpoint, Choice, T]:
+        """(the endpoint, its pick, the result) of the first attempt that gets through; the
+        endpoint's in-flight count stays up for the caller to end."""
+        tried: list[Endpoint] = []
         retry = 0
         while True:
+            endpoint, choice = await self.pool.choose(request, tried)
+            endpoint.started(choice)
+            if request is not None and request.context is not None:
+                request.context.endpoint = endpoint.key
             try:
-                return await self._once(attempt)
+                result = await self._once(endpoint, functools.partial(attempt, endpoint.adapter))
             except BackendUnavailable as err:
-                if retry >= self.retries or not _retryable(err):
+                endpoint.answering(choice)
+                endpoint.finished()
+                if retry >= self.retries or not self._retryable(err):
                     raise
+                self.pool.failed(endpoint)
+                tried.append(endpoint)
+            except BaseException:
+                endpoint.answering(choice)
+                endpoint.finished()
+                raise
+            else:
+                endpoint.answering(choice)
+                return endpoint, choice, result
             retry += 1
             self.metrics.retry()
-            await self._sleep(self.backoff_s * 2 ** (retry - 1) * (0.5 + self._rng() / 2))
+            if len(tried) >= len(self.pool.live()):  # no other endpoint left: wait a little
+                await self._sleep(self.backoff_s * 2 ** (retry - 1) * (0.5 + self._rng() / 2))
 
     async def health(self) -> bool:
-        try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_S):
-                return bool(await self.adapter.health())
-        except Exception:
+        if not self.pool.dynamic:
+            return await self._healthy(self.adapter)
+        return any(await asyncio.gather(*(self._healthy(e.adapter) for e in self.pool.live())))
+
+    async def model_ready(self, model: str, version: str) -> bool:
+        if self.open:
             return False
+        check = getattr(self.adapter, "model_ready", None)
+        if check is None:
+            return await self.health()
+        return bool(await check(model, version))
 
     def status(self) -> dict[str, Any]:
         breaker = self.breaker
-        return {
+        status: dict[str, Any] = {
             "state": breaker.state.value,
             "failures_in_window": breaker.failures_in_window(),
             "retry_after_s": round(breaker.retry_after_s(), 3),
@@ -122,78 +195,68 @@ class Backend:
             "window_s": breaker.window_s,
             "recovery_s": breaker.recovery_s,
         }
+        if self.pool.dynamic:
+            status["endpoints"] = self.pool.status()
+        return status
 
     @property
     def open(self) -> bool:
-        return self.breaker.state is State.OPEN
+        """Every endpoint's breaker is open."""
+        live = self.pool.live()
+        return bool(live) and all(e.breaker.state is State.OPEN for e in live)
 
     async def aclose(self) -> None:
-        await self.adapter.aclose()
+        await self.pool.aclose()
 
-    async def _once(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        permit = self._admit()
+    async def _healthy(self, adapter: InferenceAdapter) -> bool:
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                return bool(await adapter.health())
+        except Exception:
+            return False
+
+    def _retryable(self, err: BackendUnavailable) -> bool:
+        """Not the breaker's own refusal, unless another endpoint may take it."""
+        return not isinstance(err, BreakerOpen) or self.pool.dynamic
+
+    async def _once(self, endpoint: Endpoint, attempt: Callable[[], Awaitable[T]]) -> T:
+        breaker = endpoint.breaker
+        permit = self._admit(breaker)
         try:
             async with asyncio.timeout(self.timeout_s):
                 result = await attempt()
         except TimeoutError:
-            self._failed(permit, "timeout")
+            self._failed(breaker, permit, "timeout")
             raise BackendTimeout(self.name, self.timeout_s or 0) from None
         except BackendError as err:
-            self._failed(permit, _outcome(err))
+            self._failed(breaker, permit, _outcome(err))
             raise
         except BackendOverloaded:
-            self.breaker.released(permit)  # alive but shedding load: no verdict
+            breaker.released(permit)  # alive but shedding load: no verdict
             self.metrics.call("overloaded")
             raise
         except GatewayError:
-            self.breaker.succeeded(permit)  # the backend answered: the request was at fault
+            breaker.succeeded(permit)  # the backend answered: the request was at fault
             self.metrics.call("client_error")
             raise
         except BaseException:
-            self.breaker.released(permit)  # cancelled, or a bug: no verdict on the backend
+            breaker.released(permit)  # cancelled, or a bug: no verdict on the backend
             self.metrics.call("cancelled")
             raise
-        self.breaker.succeeded(permit)
+        breaker.succeeded(permit)
         self.metrics.call("ok")
         return result
 
-    def _admit(self) -> Permit:
+    def _admit(self, breaker: CircuitBreaker) -> Permit:
         try:
-            return self.breaker.acquire()
+            return breaker.acquire()
         except CircuitOpen as exc:
             self.metrics.call("rejected")
             raise BreakerOpen(self.name, exc.retry_after_header) from None
 
-    def _failed(self, permit: Permit, outcome: str) -> None:
-        self.breaker.failed(permit)
+    def _failed(self, breaker: CircuitBreaker, permit: Permit, outcome: str) -> None:
+        breaker.failed(permit)
         self.metrics.call(outcome)
-
-
-async def _open_stream(
-    adapter: InferenceAdapter, request: InferRequest
-) -> tuple[bytes | None, AsyncIterator[bytes]]:
-    chunks = adapter.stream(request)
-    try:
-        return await anext(chunks), chunks
-    except StopAsyncIteration:
-        return None, chunks
-    except BaseException:
-        await close_stream(chunks)
-        raise
-
-
-async def close_stream(chunks: AsyncIterator[bytes]) -> None:
-    """Close a stream even in a cancelled task (the client went away): shielded. A generator
-    that has run to its end has nothing left to close (the common case: no cancel scope)."""
-    close = getattr(chunks, "aclose", None)
-    if close is None or getattr(chunks, "ag_frame", True) is None:
-        return
-    with anyio.CancelScope(shield=True):
-        await close()
-
-
-def _retryable(err: BackendUnavailable) -> bool:
-    return not isinstance(err, BreakerOpen)
 
 
 def _outcome(err: BackendError) -> str:

@@ -31,6 +31,23 @@ BACKEND_CALLS = Counter(
     ["backend", "outcome"],
 )
 RETRIES = Counter("gateway_backend_retries", "Retried calls per backend.", ["backend"])
+ENDPOINT_REQUESTS = Counter(
+    "gateway_endpoint_requests",
+    "Requests sent to each endpoint (replica) of a backend's pool.",
+    ["backend", "endpoint"],
+)
+ENDPOINT_INFLIGHT = Gauge(
+    "gateway_endpoint_inflight",
+    "The gateway's requests in flight to each endpoint of a backend's pool.",
+    ["backend", "endpoint"],
+    multiprocess_mode="livesum",
+)
+PICKS = Counter(
+    "gateway_pick",
+    "Endpoint picks per backend by reason: prefix (a cached prefix won), least_load, session, "
+    "round_robin, retry (another endpoint after a failure), only (one eligible).",
+    ["backend", "reason"],
+)
 FALLBACKS = Counter(
     "gateway_fallbacks",
     "Requests served by a fallback model because the model's own backend failed.",

@@ -18,9 +18,15 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from gateway.adapters.base import InferenceAdapter, InferRequest, InferResponse, Task
+from gateway.adapters.base import (
+    InferenceAdapter,
+    InferRequest,
+    InferResponse,
+    OpenedStream,
+    Task,
+)
 from gateway.errors import BackendError, InvalidRequest, ModelNotFound
-from gateway.routing.backend import Backend, close_stream
+from gateway.routing.backend import Backend
 from gateway.routing.metrics import fallback_used
 from gateway.routing.registry import Kind, Registry, Route
 from gateway.scope.cache import ResponseCache
@@ -93,6 +99,7 @@ class Router:
             payload=payload,
             options=options,
             request_id=ctx.request_id if ctx else None,
+            context=ctx,
         )
         key = self.cache.key(route.name, task, payload, options) if self.cache else None
         if key is not None:
@@ -111,53 +118,42 @@ class Router:
             await self.cache.put(key, result)
         return result
 
-    async def stream(
+    async def open_stream(
         self, route: Route, task: Task, payload: object, ctx: RequestContext | None = None
-    ) -> AsyncIterator[bytes]:
-        """The response as it comes; fails over before, never after, the first chunk."""
+    ) -> OpenedStream:
+        """The response stream once its first chunk has come; fails over before it, never
+        after. The caller relays it and then calls its `aclose()`."""
         request = InferRequest(
             task=task,
             model=route.upstream_model,
             payload=payload,
             request_id=ctx.request_id if ctx else None,
+            context=ctx,
+        )
+        return await self._with_fallback(
+            route, lambda r: self.backends[r.backend].open_stream(_for(request, r)), ctx
         )
 
-        async def open_(candidate: Route) -> tuple[bytes | None, AsyncIterator[bytes]]:
-            chunks = self.backends[candidate.backend].stream(_for(request, candidate))
-            try:
-                return await anext(chunks), chunks
-            except StopAsyncIteration:
-                return None, chunks
-
-        first, rest = await self._with_fallback(route, open_, ctx)
-        try:
-            if first is None:
-                return
-            yield first
-            async for chunk in rest:
-                yield chunk
-        finally:
-            await close_stream(rest)
+    async def stream(
+        self, route: Route, task: Task, payload: object, ctx: RequestContext | None = None
+    ) -> AsyncIterator[bytes]:
+        """The chunks of `open_stream`, as one iterator."""
+        opened = await self.open_stream(route, task, payload, ctx)
+        async for chunk in opened.chunks():
+            yield chunk
 
     async def metadata(self, route: Route, version: str) -> ModelMetadata:
         """KServe V2 metadata of a tensor model, under its public name and versions."""
-        adapter = self.backends[route.backend].adapter
-        describe = getattr(adapter, "metadata", None)
-        if describe is None:
+        backend = self.backends[route.backend]
+        if getattr(backend.adapter, "metadata", None) is None:
             raise InvalidRequest(f"The model '{route.name}' takes no tensors.")
-        meta: ModelMetadata = await self.backends[route.backend].call(
-            lambda: describe(route.upstream_model, version)
+        meta: ModelMetadata = await backend.call(
+            lambda adapter: adapter.metadata(route.upstream_model, version)  # type: ignore[attr-defined]
         )
         return meta.renamed(route.name, route.versions)
 
     async def model_ready(self, route: Route, version: str) -> bool:
-        backend = self.backends[route.backend]
-        if backend.open:
-            return False
-        check = getattr(backend.adapter, "model_ready", None)
-        if check is None:
-            return await backend.health()
-        return bool(await check(route.upstream_model, version))
+        return await self.backends[route.backend].model_ready(route.upstream_model, version)
 
     async def health(self) -> dict[str, bool]:
         names = list(self.backends)

@@ -1,4 +1,5 @@
-"""Admission control per backend: at most `max_inflight` requests at once, at most `max_queue`
+"""Admission control per backend: at most `max_inflight` requests at once (a pool's endpoints
+times its per-endpoint `max_inflight`), at most `max_queue`
 waiting in arrival order for at most `queue_timeout_s`; anything past that is refused at once
 with a 503 + Retry-After (`BackendOverloaded`), never left to hang.
 
@@ -60,13 +61,14 @@ class Admission:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        await self._acquire()
+        await self.acquire()
         try:
             yield
         finally:
-            self._release()
+            self.release()
 
-    async def _acquire(self) -> None:
+    async def acquire(self) -> None:
+        """Wait for a slot (each `acquire` needs one `release`), or BackendOverloaded."""
         if self.inflight < self.max_inflight and not self._waiters:
             self._take()
             return
@@ -87,7 +89,7 @@ class Admission:
             if waiter.done() and not waiter.cancelled():  # handed a slot as it gave up
                 if isinstance(exc, TimeoutError):
                     return  # just in time: use it
-                self._release()
+                self.release()
                 raise
             self._waiters.remove(waiter)
             self._queued_gauge.dec()
@@ -99,17 +101,21 @@ class Admission:
                 ) from None
             raise
 
-    def _take(self) -> None:
-        self.inflight += 1
-        self._inflight_gauge.inc()
-
-    def _release(self) -> None:
-        self.inflight -= 1
-        self._inflight_gauge.dec()
+    def resize(self, max_inflight: int) -> None:
+        """A new capacity (a pool's endpoints changed): waiters take the slots it adds."""
+        self.max_inflight = max_inflight
         while self._waiters and self.inflight < self.max_inflight:
             waiter = self._waiters.popleft()
             self._queued_gauge.dec()
             if not waiter.done():
                 self._take()
                 waiter.set_result(None)
-                return
+
+    def _take(self) -> None:
+        self.inflight += 1
+        self._inflight_gauge.inc()
+
+    def release(self) -> None:
+        self.inflight -= 1
+        self._inflight_gauge.dec()
+        self.resize(self.max_inflight)

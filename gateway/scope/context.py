@@ -39,6 +39,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     model: str | None = None  # the public model name asked for
     backend: str | None = None  # the backend that answered (after fallbacks)
+    endpoint: str | None = None  # the endpoint (replica) of its pool that answered
     status: int = 0
     first_byte: float | None = None  # perf_counter when the first body bytes went out
     prompt_tokens: int | None = None

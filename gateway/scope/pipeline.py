@@ -253,6 +253,7 @@ def finished(ctx: RequestContext, settings: Settings) -> None:
         "key": ctx.key_name,
         "model": ctx.model,
         "backend": ctx.backend,
+        "endpoint": ctx.endpoint,
         "method": ctx.method,
         "path": ctx.path,
         "status": status,

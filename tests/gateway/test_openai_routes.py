@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from starlette.testclient import TestClient
 
-from gateway.adapters.base import InferResponse
+from gateway.adapters.base import InferResponse, OpenedStream
 from gateway.api.openai import EventStream, UsageTap
 from gateway.errors import BackendError, BackendUnavailable
 from gateway.scope.context import RequestContext
@@ -67,6 +67,23 @@ def test_malformed_json_is_400_and_the_server_keeps_serving(
     assert r.status_code == 400 and "not valid JSON" in error_of(r)["message"]
     llm.enqueue(InferResponse({"ok": True}))
     assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_json_nested_100000_levels_deep_is_400_not_a_recursion_error(
+    client: TestClient, llm: FakeAdapter
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/v1/chat/completions", "/v1/embeddings"):
+        r = client.post(path, content=b'{"model":"tiny-llm","x":' + deep + b"}")
+        assert r.status_code == 400, r.text
+        assert error_of(r)["message"].startswith("The request body is not valid JSON: recursion")
+    assert llm.requests == []
+    nested = {"type": "object", "properties": {"a": {"type": "array", "items": {}}}}
+    for _ in range(40):  # a deep but sane JSON schema still passes
+        nested = {"type": "object", "properties": {"a": nested}}
+    llm.enqueue(InferResponse({"ok": True}))
+    r = client.post("/v1/chat/completions", json={**CHAT, "response_format": nested})
+    assert r.status_code == 200 and llm.requests[0].payload["response_format"] == nested
 
 
 def test_wrong_content_type_is_415(client: TestClient) -> None:
@@ -178,7 +195,7 @@ async def test_a_client_that_goes_away_stops_the_relay_and_closes_the_upstream_s
             gone.set()
 
     tap = UsageTap(RequestContext("id", "POST", "/v1/chat/completions"), strip=False)
-    response = EventStream(tap, b'data: {"n": 0}\n\n', upstream())
+    response = EventStream(tap, OpenedStream(b'data: {"n": 0}\n\n', upstream()))
     await asyncio.wait_for(response({"type": "http"}, receive, send), 5)  # type: ignore[arg-type]
     assert closed.is_set()
     assert 3 <= len(sent) <= 5, "the relay went on after the disconnect"
