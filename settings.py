@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -28,6 +29,23 @@ DEFAULT_PATH = Path(__file__).with_name("bundle.yaml")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ToolStrictLevel = Literal["auto", "function", "parameter"]  # vLLM's --tool-strict-level
+# How a pool picks an endpoint per request (gateway/routing/pick.py)
+Balance = Literal["round_robin", "least_load", "prefix", "session"]
+
+
+class Discover(_Section):
+    """A pool's endpoints from a DNS name's addresses (a Kubernetes headless Service)."""
+
+    dns: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    every_s: float = Field(2.0, gt=0)  # re-resolved, and each endpoint's health read, this often
+    # Health and draining on another port and path than the traffic's (the bundled LLM's pods:
+    # requests to vLLM on 8100, /readyz on the service's 3000); unset: the traffic's.
+    health_port: int | None = Field(None, ge=1, le=65535)
+    health_path: str | None = Field(None, pattern=r"^/")
 
 
 class LLMSettings(_Section):
@@ -52,6 +70,12 @@ class LLMSettings(_Section):
     # vLLM's parser for the model's tool-call format (hermes for Qwen2.5/Hermes and the demo,
     # llama3_json for Llama 3.x, mistral, ...): with one, tool_choice "auto" works
     tool_call_parser: str | None = None
+    # With a tool_call_parser, which calls vLLM's grammar pins to the tool's parameters schema
+    # (--tool-strict-level): "parameter", every call (forced or "auto"), as if each tool said
+    # `"strict": true`; "function", the call's markup and name only; "auto" (vLLM's default),
+    # only calls to tools marked `"strict": true`: a forced call to another tool answered
+    # arguments such as `true` or `103` for an object schema (issue 21).
+    tool_strict_level: ToolStrictLevel = "parameter"
     reasoning_parser: str | None = None  # e.g. deepseek_r1, qwen3
     extra_args: list[str] = []
     startup_timeout_s: float = Field(600, gt=0)
@@ -65,6 +89,18 @@ class LLMSettings(_Section):
     # always through the service.
     engine_direct: bool = True
     engine_url: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$")
+    # Every replica of the LLM service as an endpoint of the gateway's `llm` pool, by DNS (on
+    # Kubernetes the headless Service over the llm pods' engine port, deploy/kubernetes): each
+    # request picked by `balance`; health and draining read on the pod's service port
+    # (`health_port`, /readyz). Unset: the one engine at engine_url (or this host's).
+    engine_discover: Discover | None = None
+    balance: Balance = "prefix"
+
+    @model_validator(mode="after")
+    def _one_engine_source(self) -> LLMSettings:
+        if self.engine_url and self.engine_discover:
+            raise ValueError("llm: set engine_url or engine_discover, not both")
+        return self
 
 
 VisionGraph = Literal["eager", "optimized"]  # how the vision runner runs its network
@@ -113,6 +149,9 @@ class LimitSettings(_Section):
     max_request_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_audio_seconds: float = Field(600, gt=0)
+    # Elements of one KServe V2 BYTES input (/v2 and gRPC), checked on its shape before any
+    # element is built: each may become work of its own (an audio file is a decode and a call).
+    max_bytes_elements: int = Field(4096, ge=1)
 
 
 class DrainSettings(_Section):
@@ -175,7 +214,8 @@ class BreakerSettings(_Section):
 
 class _Backend(_Section):
     timeout_s: float | None = Field(None, gt=0)  # per call; streams: until the first chunk
-    retries: int = Field(1, ge=0, le=5)  # extra attempts when the backend was unreachable
+    # extra attempts when the backend was unreachable: on another endpoint of a pool
+    retries: int = Field(1, ge=0, le=5)
     backoff_s: float = Field(0.05, ge=0)  # before retry n: backoff_s * 2**n, jittered
     required: bool = False  # the gateway is ready only when this backend is healthy
     breaker: BreakerSettings = BreakerSettings()
@@ -188,22 +228,64 @@ class RunnerBackend(_Backend):
     required: bool = True
 
 
-class OpenAIBackend(_Backend):
+class _Pool(_Backend):
+    """A remote backend's endpoints: exactly one of `url` (one endpoint), `urls` (replicas of
+    the same model server) or `discover` (replicas found by DNS), picked per request by
+    `balance` (gateway/routing/pick.py)."""
+
+    url: str | None = None
+    urls: list[str] = []
+    discover: Discover | None = None
+    balance: Balance | None = None  # default: prefix (openai), least_load (triton)
+    load_every_s: float = Field(1.0, gt=0)  # each endpoint's /metrics (its engine's queue)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Any:
+        given = [n for n in ("url", "urls", "discover") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                f"a {self.kind} backend takes exactly one of url, urls or discover "  # type: ignore[attr-defined]
+                f"(got {', '.join(given) or 'none'})"
+            )
+        for url in self.addresses:
+            if not re.match(self.ADDRESS, url):
+                raise ValueError(f"{url!r} is not an address of this backend: {self.ADDRESS_HINT}")
+        return self
+
+    ADDRESS: ClassVar[str] = r"."
+    ADDRESS_HINT: ClassVar[str] = ""
+
+    @property
+    def addresses(self) -> list[str]:
+        """The configured endpoints (none when discovered)."""
+        return [self.url] if self.url else list(self.urls)
+
+    @property
+    def target(self) -> str:
+        """Where it is, for the status page."""
+        if self.discover is not None:
+            return f"dns:{self.discover.dns}:{self.discover.port}"
+        return ", ".join(self.addresses)
+
+
+class OpenAIBackend(_Pool):
     """Any OpenAI-compatible server: vLLM, SGLang, ..."""
 
     kind: Literal["openai"]
-    url: str = Field(pattern=r"^(https?|tcp|unix|file)://")
     timeout_s: float | None = Field(600.0, gt=0)
     api_key: str | None = None
+    ADDRESS: ClassVar[str] = r"^(https?|tcp|unix|file)://"
+    ADDRESS_HINT: ClassVar[str] = "a URL (http://host:port)"
 
 
-class TritonBackend(_Backend):
+class TritonBackend(_Pool):
     """A Triton Inference Server (or any KServe V2 server)."""
 
     kind: Literal["triton"]
-    url: str = Field(pattern=r"^[^/\s]+:\d+$")  # host:port, of the gRPC or the HTTP endpoint
     protocol: Literal["http", "grpc"] = "grpc"
     timeout_s: float | None = Field(60.0, gt=0)
+    ADDRESS: ClassVar[str] = r"^[^/\s]+:\d+$"  # host:port, of the gRPC or the HTTP endpoint
+    ADDRESS_HINT: ClassVar[str] = "host:port"
 
 
 Backend = Annotated[RunnerBackend | OpenAIBackend | TritonBackend, Field(discriminator="kind")]

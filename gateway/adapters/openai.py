@@ -179,6 +179,16 @@ class OpenAIAdapter:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    async def engine_metrics(self) -> str | None:
+        """The engine's Prometheus page (vLLM's and SGLang's /metrics): its queue, for picking."""
+        try:
+            async with self._client.session.get(
+                self._client.url("/metrics"), timeout=aiohttp.ClientTimeout(total=2.0)
+            ) as r:
+                return await r.text() if r.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
     async def aclose(self) -> None:
         await self._client.aclose()
         if self._health is not self._client:

@@ -186,7 +186,7 @@ class Backend:
 
     def status(self) -> dict[str, Any]:
         breaker = self.breaker
-        status: dict[str, Any] = {
+        return {
             "state": breaker.state.value,
             "failures_in_window": breaker.failures_in_window(),
             "retry_after_s": round(breaker.retry_after_s(), 3),
@@ -195,9 +195,6 @@ class Backend:
             "window_s": breaker.window_s,
             "recovery_s": breaker.recovery_s,
         }
-        if self.pool.dynamic:
-            status["endpoints"] = self.pool.status()
-        return status
 
     @property
     def open(self) -> bool:

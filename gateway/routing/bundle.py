@@ -12,7 +12,7 @@ from gateway.adapters.openai import OpenAIAdapter, make_client
 from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import EmbedRunnerAdapter, SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.adapters.transcript_tensors import TranscriptTensorAdapter
-from gateway.routing.build import build_router
+from gateway.routing.build import PoolSpec, build_router, health_client
 from gateway.routing.registry import bundled_routes, check_routing
 from gateway.routing.router import Router
 from settings import Settings
@@ -46,21 +46,40 @@ def engine_url(settings: Settings, llm_url: str) -> str:
     return llm_url
 
 
+def llm_engines(settings: Settings, llm_url: str) -> InferenceAdapter | PoolSpec:
+    """The bundled LLM's engine (one host: its one engine), or every replica's engine found by
+    `llm.engine_discover` (Kubernetes: the headless Service over the llm pods' engine port),
+    each checked on its pod's service port."""
+    timeout_s = settings.gateway.timeout_s
+    found = settings.llm.engine_discover
+    if found is None:
+        service = make_client(llm_url, timeout_s=timeout_s)
+        at = engine_url(settings, llm_url)
+        return OpenAIAdapter(
+            LLM,
+            service if at == llm_url else make_client(at, timeout_s=timeout_s),
+            health=service,  # the service's /readyz: its own check of the engine
+            health_path="/readyz",
+        )
+
+    def engine(url: str) -> InferenceAdapter:
+        return OpenAIAdapter(
+            LLM,
+            make_client(url, timeout_s=timeout_s),
+            health=health_client(url, found, timeout_s=timeout_s),
+            health_path=found.health_path or "/health",
+        )
+
+    return PoolSpec((), engine, settings.llm.balance, f"dns:{found.dns}:{found.port}", found)
+
+
 def bundled_router(
     settings: Settings, *, llm_url: str, vision: Any, speech: Any, embed: Any
 ) -> Router:
     """A router over the four bundled runners and the configured remote backends."""
     check_routing(settings)  # before any client is made
-    timeout_s = settings.gateway.timeout_s
-    service = make_client(llm_url, timeout_s=timeout_s)
-    engine = engine_url(settings, llm_url)
-    adapters: dict[str, InferenceAdapter] = {
-        LLM: OpenAIAdapter(
-            LLM,
-            service if engine == llm_url else make_client(engine, timeout_s=timeout_s),
-            health=service,  # the service's /readyz: its own check of the engine
-            health_path="/readyz",
-        ),
+    adapters: dict[str, InferenceAdapter | PoolSpec] = {
+        LLM: llm_engines(settings, llm_url),
         VISION: PixelTensorAdapter(
             VisionRunnerAdapter(
                 VISION,

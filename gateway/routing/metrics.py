@@ -71,8 +71,10 @@ class BackendMetrics:
             )
         }  # fmt: skip
 
-    def transition(self, old: State, new: State) -> None:
-        self._state.set(STATE_VALUES[new])
+    def transition(self, old: State, new: State, *, state: State | None = None) -> None:
+        """A breaker moved; the backend's state gauge shows `state` (a pool's: open only while
+        every endpoint's breaker is), else the breaker's new state."""
+        self._state.set(STATE_VALUES[new if state is None else state])
         BREAKER_TRANSITIONS.labels(self.backend, old.value, new.value).inc()
 
     def call(self, outcome: str) -> None:

@@ -40,9 +40,10 @@ import random
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-Balance = Literal["round_robin", "least_load", "prefix", "session"]
+from settings import Balance
+
 BALANCES: tuple[Balance, ...] = ("round_robin", "least_load", "prefix", "session")
 
 BLOCK_CHARS = 512  # ~128 tokens of English text: vLLM's CPU KV block is 128 tokens
@@ -246,8 +247,8 @@ class PrefixAffinity:
 
 
 def session_key(request: Any) -> str | None:
-    """The caller header the router put on the request's options, else the body's `user`."""
-    caller = getattr(request, "options", {}).get("caller")
+    """The request's caller (`routing.caller_header`, on its context), else the body's `user`."""
+    caller = getattr(getattr(request, "context", None), "caller", None)
     if isinstance(caller, str) and caller:
         return caller
     body = getattr(request, "payload", None)

@@ -177,6 +177,7 @@ class Router:
                 "healthy": health[name],
                 "ready": health[name] and not b.open,
                 "breaker": b.status(),
+                **({"endpoints": b.pool.status()} if b.pool.dynamic else {}),
             }
             for name, b in self.backends.items()
         ]

@@ -105,10 +105,12 @@ routing:
 
 ERRORS: list[tuple[dict[str, Any], str]] = [
     ({"backends": {"t": {"kind": "tensorflow", "url": "h:1"}}}, "routing.backends.t"),
-    ({"backends": {"t": {"kind": "triton", "url": "http://h:1"}}}, "routing.backends.t.triton.url"),
-    ({"backends": {"t": {"kind": "triton"}}}, "routing.backends.t.triton.url: Field required"),
+    ({"backends": {"t": {"kind": "triton", "url": "http://h:1"}}}, "not an address of this"),
+    ({"backends": {"t": {"kind": "triton"}}}, "exactly one of url, urls or discover (got none)"),
+    ({"backends": {"t": {"kind": "triton", "url": "h:1", "urls": ["h:2"]}}}, "(got url, urls)"),
     ({"backends": {"t": {"kind": "triton", "url": "h:1", "protocol": "udp"}}}, "protocol"),
-    ({"backends": {"o": {"kind": "openai", "url": "h:1"}}}, "routing.backends.o.openai.url"),
+    ({"backends": {"o": {"kind": "openai", "url": "h:1"}}}, "'h:1' is not an address"),
+    ({"backends": {"o": {"kind": "openai", "urls": ["http://h:1"], "balance": "x"}}}, "balance"),
     ({"backends": {"t": {"kind": "triton", "url": "h:1", "retries": -1}}}, "retries"),
     ({"backends": {"t": {"kind": "triton", "url": "h:1", "breaker": {"window_s": 0}}}}, "window_s"),
     ({"backends": {"t": {"kind": "triton", "url": "h:1", "typo": 1}}}, "typo: Extra inputs"),
