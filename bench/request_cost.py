@@ -18,6 +18,10 @@ sequential requests from one keep-alive client, kind by kind, in interleaved rou
     aiohttp alone        the same streamed chat sent by an aiohttp session in this process, as
                          the gateway's OpenAI adapter sends it: the upstream client's own share
 
+`--pick` measures instead what picking an endpoint of a pool costs in process (gateway/routing/
+pick.py; CPU time of `pick` + `sent`, the picker's whole work per request) for each balance, 4 and
+16 endpoints, 4 KB and 32 KB prompts, against a warm index (the prompts of 64 tenants already sent).
+
 Per kind: latency p50/p99 at the client, and CPU time (user + system, /proc through psutil) of
 the gateway's whole process tree per request (for "asgi-relay", of that server's; for "aiohttp
 alone", of this process). The table gives each kind's CPU as a share of the streamed chat's. On a
@@ -95,7 +99,11 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=1000, help="per kind per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pick", action="store_true", help="the cost of picking an endpoint")
     args = parser.parse_args()
+    if args.pick:
+        pick_cost()
+        return
 
     upstream = upstream_process(prefill_ms=0, token_ms=0, tokens=1).start()
     directory = Path(tempfile.mkdtemp(prefix="bench-request-cost-"))
@@ -150,6 +158,49 @@ def main() -> None:
         print(f"| {kind} | {percentile(values, 0.5) * 1000:.3f} | "
               f"{percentile(values, 0.99) * 1000:.3f} | "
               f"{cost} | {ratio} |")  # fmt: skip
+
+
+def pick_cost(picks: int = 20_000) -> None:
+    """Microseconds of CPU per pick, per balance, endpoint count and prompt size."""
+    import random
+
+    from gateway.adapters.base import InferRequest
+    from gateway.routing.pick import BALANCES, make_picker
+
+    class Replica:
+        def __init__(self, key: str) -> None:
+            self.key, self.inflight, self.waiting, self.pending_blocks = key, 0, 0, 0.0
+
+    goals = {4_096: 30.0, 32_768: 100.0}
+    print(f"\nPicking one endpoint: CPU us per request ({picks:,} picks each, 64 tenants sent "
+          "before, a tenant's system prompt + a fresh user turn); goals at 16 endpoints: "
+          "<= 30 us (4 KB), <= 100 us (32 KB)\n")  # fmt: skip
+    print("| balance | endpoints | prompt | us/pick | goal |")
+    print("|---|---|---|---|---|")
+    rng = random.Random(0)
+    for size in goals:
+        tenants = [f"tenant {t}: " + "".join(rng.choices("abcdefgh ", k=size)) for t in range(64)]
+        for balance in BALANCES:
+            for n in (4, 16):
+                fleet = [Replica(f"http://10.0.0.{i}:8000") for i in range(n)]
+                picker = make_picker(balance, rng=random.Random(1))
+                requests = [
+                    InferRequest("chat", "m", {"user": f"u{i % 97}", "messages": [
+                        {"role": "system", "content": tenants[i % 64]},
+                        {"role": "user", "content": f"question {i}"},
+                    ]})
+                    for i in range(picks)
+                ]  # fmt: skip
+                for request in requests[:256]:  # warm the index
+                    picker.sent(picker.pick(fleet, request), request)
+                started = time.process_time()
+                for request in requests:
+                    choice = picker.pick(fleet, request)
+                    picker.sent(choice, request)
+                    choice.endpoint.inflight = (choice.endpoint.inflight + 1) % 8
+                per = (time.process_time() - started) / picks * 1e6
+                goal = f"<= {goals[size]:.0f}" if n == 16 else "-"
+                print(f"| {balance} | {n} | {size // 1024} KB | {per:.1f} | {goal} |")
 
 
 if __name__ == "__main__":

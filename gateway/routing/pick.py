@@ -213,9 +213,16 @@ class PrefixAffinity:
     def __init__(self, rng: random.Random, *, index: PrefixIndex | None = None) -> None:
         self._rng = rng
         self.index = index or PrefixIndex()
+        self._last: tuple[Any, list[int]] = (None, [])  # the chain of the request just picked
+
+    def chain(self, request: Any) -> list[int]:
+        """The request's block chain, hashed once for its `pick` and its `sent`."""
+        if self._last[0] is not request:
+            self._last = (request, block_chain(prompt_text(request)))
+        return self._last[1]
 
     def pick(self, candidates: Sequence[Load], request: Any) -> Choice:
-        chain = block_chain(prompt_text(request))
+        chain = self.chain(request)
         if not chain:
             return Choice(least_loaded(candidates, self._rng), "least_load")
         matched = self.index.matches(chain, (c.key for c in candidates))
@@ -232,7 +239,8 @@ class PrefixAffinity:
         return Choice(chosen, "prefix" if hit else "least_load", float(len(chain) - hit))
 
     def sent(self, choice: Choice, request: Any) -> None:
-        chain = block_chain(prompt_text(request))
+        chain = self.chain(request)
+        self._last = (None, [])
         if chain:
             self.index.add(choice.endpoint.key, chain)
 
