@@ -47,6 +47,7 @@ from gateway.routing.pool import HEALTH_TIMEOUT_S, Endpoint, Pool
 from gateway.scope.admission import Admission
 
 T = TypeVar("T")
+NO_ENDPOINT = CircuitBreaker()  # what the status page shows of a pool that found none yet
 
 
 class Backend:
@@ -91,12 +92,15 @@ class Backend:
     @property
     def adapter(self) -> InferenceAdapter:
         """An endpoint's adapter (the first): what the backend can do, for the router."""
+        if not self.pool.endpoints:
+            raise BackendUnavailable(self.name, "no endpoint found yet")
         return self.pool.endpoints[0].adapter
 
     @property
     def breaker(self) -> CircuitBreaker:
-        """The first endpoint's breaker: the backend's own when it has one endpoint."""
-        return self.pool.endpoints[0].breaker
+        """The first endpoint's breaker: the backend's own when it has one endpoint (a pool
+        with none yet shows a closed one)."""
+        return self.pool.endpoints[0].breaker if self.pool.endpoints else NO_ENDPOINT
 
     async def predict(self, request: InferRequest) -> InferResponse:
         async with self.admission.slot():
@@ -173,11 +177,11 @@ class Backend:
 
     async def health(self) -> bool:
         if not self.pool.dynamic:
-            return await self._healthy(self.adapter)
+            return bool(self.pool.endpoints) and await self._healthy(self.adapter)
         return any(await asyncio.gather(*(self._healthy(e.adapter) for e in self.pool.live())))
 
     async def model_ready(self, model: str, version: str) -> bool:
-        if self.open:
+        if self.open or not self.pool.endpoints:
             return False
         check = getattr(self.adapter, "model_ready", None)
         if check is None:

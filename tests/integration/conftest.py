@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
 from tests.servers.bentoml_home import isolated_home
-from tests.servers.bundle import ROOT, bundle_process
+from tests.servers.bundle import ROOT, bundle_process, service_worker
 from tests.servers.process import ServerProcess, free_port, start_together
 from tests.servers.triton import TritonProcess
 from tests.servers.vllm import vllm_process
@@ -54,6 +55,8 @@ def routing_config(triton: TritonProcess, flaky: TritonProcess, vllm_url: str) -
     config.setdefault("gateway", {})["grpc_port"] = free_port()  # KServe V2 over gRPC
     stable = {"kind": "triton", "timeout_s": 10}
     fast_breaker = {"failure_threshold": 3, "window_s": 30, "recovery_s": 3}
+    engines = {"kind": "openai", "urls": [engine_url(config), vllm_url], "timeout_s": 120,
+               "retries": 2, "load_every_s": 0.5, "breaker": fast_breaker}  # fmt: skip
     config["routing"] = {
         "backends": {
             "triton-grpc": {**stable, "url": triton.grpc_url, "protocol": "grpc"},
@@ -70,6 +73,10 @@ def routing_config(triton: TritonProcess, flaky: TritonProcess, vllm_url: str) -
                             "breaker": fast_breaker},
             "dead-vllm": {"kind": "openai", "url": f"http://127.0.0.1:{free_port()}",
                           "timeout_s": 5, "breaker": {**fast_breaker, "recovery_s": 600}},
+            # The two-engine pool: the bundle's own engine and the remote one (both serve the
+            # demo-llm weights as demo-llm), for the replica-routing tests (test_llm_pool.py).
+            "engines": {**engines, "balance": "prefix"},
+            "engines-ll": {**engines, "balance": "least_load"},
         },
         "models": {
             "scale": {"backend": "triton-grpc", "versions": ["1"]},
@@ -85,9 +92,16 @@ def routing_config(triton: TritonProcess, flaky: TritonProcess, vllm_url: str) -
             "down-llm": {"backend": "dead-vllm", "fallback": ["demo-llm"]},
             "ab-llm": {"variants": [{"model": "remote-llm", "weight": 1},
                                     {"model": "demo-llm", "weight": 1}]},
+            "pool-llm": {"backend": "engines", "upstream": "demo-llm"},
+            "pool-llm-ll": {"backend": "engines-ll", "upstream": "demo-llm"},
         },
     }  # fmt: skip
     return config
+
+
+def engine_url(config: dict[str, Any]) -> str:
+    """The bundled vLLM's own port (what the gateway calls with `llm.engine_direct`)."""
+    return f"http://127.0.0.1:{config['llm']['port']}"
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +116,16 @@ def bundle_url(request: pytest.FixtureRequest) -> str:
     return stack.url
 
 
+@pytest.fixture
+def gateway_worker(request: pytest.FixtureRequest) -> psutil.Process:
+    """The gateway's worker process in the session's bundle (gateway.workers: 1), whose memory a
+    test may watch (tests/servers/memory.py); only in a bundle this session started."""
+    if os.environ.get("BUNDLE_URL"):
+        pytest.skip("watches the gateway worker: only in the bundle this session started")
+    stack: RoutingStack = request.getfixturevalue("routing_stack")
+    return service_worker(stack.bundle, "gateway")
+
+
 @pytest.fixture(scope="session")
 def routing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoutingStack]:
     def triton() -> TritonProcess:
@@ -112,7 +136,7 @@ def routing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoutingS
             sleepy_seconds=SLEEPY_SECONDS,
         )
 
-    stable, flaky, vllm = triton(), triton(), vllm_process(served_name="remote-llm")
+    stable, flaky, vllm = triton(), triton(), vllm_process(served_name=("remote-llm", "demo-llm"))
     config = routing_config(stable, flaky, vllm.url)
     directory = Path(tmp_path_factory.mktemp("routing"))
     path = directory / "bundle.yaml"

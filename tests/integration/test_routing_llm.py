@@ -119,3 +119,21 @@ def test_stopping_the_remote_server_falls_back_and_opens_its_breaker(
     )
     assert status["breaker"]["state"] == "open" and not status["healthy"]
     assert metric_value(stack.url, "gateway_breaker_state", backend="remote-vllm") == 2
+
+
+def test_a_pool_goes_on_on_the_other_engine_once_one_stopped(stack: RoutingStack) -> None:
+    """After the test above stopped the remote engine: the two-engine pool (test_llm_pool.py)
+    answers every request from the bundle's engine, with no error to the client."""
+    body = {"model": "pool-llm", "messages": PROMPT, **GREEDY}
+    for balance_model in ("pool-llm", "pool-llm-ll"):
+        for _ in range(4):
+            r = httpx.post(
+                f"{stack.url}/v1/chat/completions",
+                json={**body, "model": balance_model},
+                timeout=120,
+            )
+            assert r.status_code == 200, r.text
+    backends = httpx.get(f"{stack.url}/status").json()["backends"]
+    pool = next(b for b in backends if b["name"] == "engines")
+    states = {e["endpoint"]: e["state"] for e in pool["endpoints"]}
+    assert states[stack.vllm.url] == "unready", states

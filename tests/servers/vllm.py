@@ -33,7 +33,7 @@ def start_vllm(**options: Any) -> ServerProcess:
 
 def vllm_process(
     *,
-    served_name: str = "remote-llm",
+    served_name: str | Sequence[str] = "remote-llm",
     model: str | None = None,
     port: int | None = None,
     command: Sequence[str] = COMMAND,
@@ -43,15 +43,16 @@ def vllm_process(
     """The server, not yet started (`.start()` blocks until it is healthy)."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
+    names = [served_name] if isinstance(served_name, str) else list(served_name)
     args = [
         "--model", model or model_path(),
-        "--served-model-name", served_name,
+        "--served-model-name", *names,  # vLLM answers to each of them
         "--host", "127.0.0.1",
         "--port", str(port),
         "--disable-uvicorn-access-log",
     ]  # fmt: skip
     return ServerProcess(
-        f"vllm-{served_name}",
+        f"vllm-{names[0]}",
         [*command, *args, *extra_args],
         ready=http_ok(f"{url}/health"),
         url=url,

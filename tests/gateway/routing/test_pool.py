@@ -191,3 +191,15 @@ async def test_unhealthy_endpoints_get_no_requests_until_they_recover() -> None:
         await backend.predict(request())
     assert pool.endpoints[0].breaker.state is State.CLOSED  # health is not the breaker's verdict
     await pool.aclose()
+
+
+async def test_a_name_that_resolves_to_nothing_is_a_503_naming_it_and_status_still_shows() -> None:
+    names = Names("nothing-here", 8100, every_s=0.05)
+    object.__setattr__(names, "answer", [])
+    pool = Pool("chat", [], picker=RoundRobin(), make=endpoint, discovery=names)
+    backend = Backend(pool=pool)
+    with pytest.raises(BackendUnavailable, match=r"no endpoint found \(from nothing-here\)"):
+        await backend.predict(request())
+    assert backend.status()["state"] == "closed" and not await backend.health()
+    assert not await backend.model_ready("m", "")
+    await backend.aclose()
