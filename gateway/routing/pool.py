@@ -36,6 +36,9 @@ from gateway.routing.pick import Choice, Picker
 log = logging.getLogger("gateway.routing.pool")
 
 HEALTH_TIMEOUT_S = 5.0
+# Failed checks in a row that take an endpoint out: one slow answer from a busy engine is not
+# an outage (a refused request takes it out at once, `Pool.failed`).
+CHECKS_TO_FAIL = 2
 
 # An engine's load on its /metrics: vLLM's names, then SGLang's.
 LOAD_METRICS = {
@@ -82,7 +85,8 @@ class Endpoint:
         self.running = 0
         self.kv_usage: float | None = None
         self.load_read_at: float | None = None
-        self.healthy = True  # until a check says otherwise
+        self.healthy = True  # until checks say otherwise
+        self.failed_checks = 0
         self.gone = False  # discovery no longer finds it: dropped once idle
         self._requests = ENDPOINT_REQUESTS.labels(backend=backend, endpoint=key)
         self._inflight = ENDPOINT_INFLIGHT.labels(backend=backend, endpoint=key)
@@ -108,9 +112,12 @@ class Endpoint:
     async def check(self) -> None:
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
-                self.healthy = bool(await self.adapter.health())
+                ok = bool(await self.adapter.health())
         except Exception:
-            self.healthy = False
+            ok = False
+        self.failed_checks = 0 if ok else self.failed_checks + 1
+        if ok or self.failed_checks >= CHECKS_TO_FAIL or not self.healthy:
+            self.healthy = ok
 
     async def read_load(self) -> None:
         read = getattr(self.adapter, "engine_metrics", None)
@@ -235,6 +242,7 @@ class Pool:
         passes again (pools that watch their endpoints only)."""
         if self.dynamic:
             endpoint.healthy = False
+            endpoint.failed_checks = CHECKS_TO_FAIL
 
     def status(self) -> list[dict[str, Any]]:
         return [e.status() for e in self.endpoints]

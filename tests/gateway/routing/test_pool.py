@@ -182,14 +182,21 @@ async def test_unhealthy_endpoints_get_no_requests_until_they_recover() -> None:
     b.enqueue(InferResponse("b"), InferResponse("b"))
     pool = Pool("chat", [endpoint("a", a), endpoint("b", b)], picker=RoundRobin())
     await pool.refresh()
+    assert pool.endpoints[0].eligible  # one slow or failed answer is not an outage
+    await pool.refresh()
+    assert not pool.endpoints[0].eligible
     backend = Backend(pool=pool)
     assert [(await backend.predict(request())).body for _ in range(2)] == ["b", "b"]
-    a.healthy = False
     b.healthy = False
+    await pool.refresh()
     await pool.refresh()
     with pytest.raises(BackendUnavailable, match="none of its 2 endpoints is healthy"):
         await backend.predict(request())
     assert pool.endpoints[0].breaker.state is State.CLOSED  # health is not the breaker's verdict
+    a.healthy = True
+    await pool.refresh()  # one good answer brings it back
+    a.enqueue(InferResponse("a"))
+    assert (await backend.predict(request())).body == "a"
     await pool.aclose()
 
 
