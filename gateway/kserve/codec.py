@@ -249,7 +249,8 @@ def _from_bytes(buf: memoryview, datatype: str, dtype: np.dtype[Any], count: int
         if len(buf) != count * dtype.itemsize:
             raise ValueError(f"{len(buf)} bytes do not hold {count} {datatype} values")
         return np.frombuffer(buf, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
-    items, pos = [], 0
+    items: list[bytes] = []
+    pos = 0
     while pos < len(buf):
         if len(items) == count:
             raise ValueError(f"the binary data holds more than the shape's {count} elements")

@@ -39,7 +39,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest
-from gateway.kserve.codec import SERVER, decode_tensor, resolve, to_bytes
+from gateway.kserve.codec import SERVER, check_elements, decode_tensor, resolve, to_bytes
 from gateway.routing.router import Router
 from gateway.scope.context import RequestContext
 from gateway.scope.pipeline import PipelineParts
@@ -262,7 +262,8 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def handle(ctx: RequestContext) -> Any:
             router = self._router()
             route, version = resolve(router, request.model_name, request.model_version, ctx)
-            tensors = decode_infer(request, version)
+            limit = self._settings.limits.max_bytes_elements
+            tensors = decode_infer(request, version, max_bytes_elements=limit)
             result = await router.predict(route, "infer", tensors, ctx)
             return encode_infer(route.name, version, request.id, result.body)
 
@@ -304,9 +305,10 @@ for _name in UNIMPLEMENTED_RPCS:
     setattr(KServeServicer, _name, _unimplemented(_name))
 
 
-def decode_infer(request: Any, version: str) -> TensorRequest:
+def decode_infer(request: Any, version: str, *, max_bytes_elements: int) -> TensorRequest:
     """The tensors of a ModelInferRequest: raw_input_contents (one per input, in input order)
-    or each input's typed contents."""
+    or each input's typed contents; a BYTES input over `max_bytes_elements` is refused on its
+    shape, before its contents are listed."""
     if not request.inputs:
         raise InvalidRequest("Not a KServe V2 inference request: inputs: none given.")
     raw = request.raw_input_contents
@@ -320,7 +322,15 @@ def decode_infer(request: Any, version: str) -> TensorRequest:
         if any(k.startswith("shared_memory") for k in wire.parameters):
             raise InvalidRequest(f"Input '{wire.name}': shared memory is not supported.")
         if raw:
-            inputs.append(decode_tensor(wire.name, wire.datatype, wire.shape, raw=raw[index]))
+            inputs.append(
+                decode_tensor(
+                    wire.name,
+                    wire.datatype,
+                    wire.shape,
+                    raw=raw[index],
+                    max_bytes_elements=max_bytes_elements,
+                )
+            )
             continue
         field = CONTENTS.get(wire.datatype)
         if field is None:  # an unknown datatype gets its error from decode_tensor
@@ -328,8 +338,21 @@ def decode_infer(request: Any, version: str) -> TensorRequest:
                 raise InvalidRequest(f"Input '{wire.name}': FP16 needs raw_input_contents.")
             inputs.append(decode_tensor(wire.name, wire.datatype, wire.shape, data=[]))
             continue
-        values = list(getattr(wire.contents, field))
-        inputs.append(decode_tensor(wire.name, wire.datatype, wire.shape, data=values))
+        count = check_elements(wire.name, wire.datatype, wire.shape, limit=max_bytes_elements)
+        contents = getattr(wire.contents, field)
+        if len(contents) != count:
+            raise InvalidRequest(
+                f"Input '{wire.name}': {len(contents)} values do not fill shape {list(wire.shape)}"
+            )
+        inputs.append(
+            decode_tensor(
+                wire.name,
+                wire.datatype,
+                wire.shape,
+                data=list(contents),
+                max_bytes_elements=max_bytes_elements,
+            )
+        )
     return TensorRequest(
         inputs=tuple(inputs),
         outputs=tuple(o.name for o in request.outputs),

@@ -63,8 +63,11 @@ def test_the_services() -> None:
 
 
 def test_every_mounted_file_exists(services: dict[str, Any]) -> None:
-    for name, service in services.items():
-        for target, source in binds(service).items():
+    mounted = {name: binds(service) for name, service in services.items() if binds(service)}
+    # the bundle its config, Prometheus its config, Grafana its provisioning and dashboard
+    assert {"bundle", "prometheus", "grafana"} <= set(mounted), mounted
+    for name, mounts in mounted.items():
+        for target, source in mounts.items():
             assert source.exists(), f"{name}: {source} (for {target}) does not exist"
 
 

@@ -5,6 +5,7 @@ beside the OpenAI route the same backend keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from gateway.errors import InvalidRequest
 from gateway.routing.registry import Registry, Route
 from gateway.routing.router import Router
 from gateway.tensors import Tensor, TensorRequest
-from settings import Settings
+from settings import Settings, parse_settings
 from tests.gateway.fake_runners import FakeSpeechRunner
 from tests.media import audio_bytes, image_bytes, noise_image, tone
 
@@ -36,10 +37,16 @@ def runner() -> FakeSpeechRunner:
 
 @pytest.fixture
 def client(runner: FakeSpeechRunner) -> Iterator[TestClient]:
+    with serve(runner, Settings()) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def serve(runner: FakeSpeechRunner, settings: Settings) -> Iterator[TestClient]:
     speech = TranscriptTensorAdapter(SpeechRunnerAdapter("speech", runner, max_seconds=5))
     router = Router(Registry([Route("whisper", "speech", "speech", "whisper")]), {"speech": speech})
     app = create_app()
-    install(app, settings=Settings(), router=router)
+    install(app, settings=settings, router=router)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -184,6 +191,34 @@ def test_bad_requests(
     assert got == status, error
     assert message in error
     assert runner.sent("transcribe") == []  # nothing bad reaches the runner
+
+
+def test_100000_one_byte_files_are_refused_before_any_is_decoded(
+    client: TestClient, runner: FakeSpeechRunner
+) -> None:
+    n = 100_000  # was 10 s and +600 MB of decode tasks, one per element, before its 400
+    body = {"inputs": [{"name": "audio", "datatype": "BYTES", "shape": [n], "data": ["x"] * n}]}
+    r = client.post("/v2/models/whisper/infer", json=body)
+    assert r.status_code == 400
+    assert r.json() == {
+        "error": "Input 'audio' has 100000 BYTES elements; the limit is 4096 per input."
+    }
+    status, error = infer(client, [audio_input(*[b"x"] * n)])  # binary, as tritonclient sends
+    assert status == 400 and error.startswith("Input 'audio' has 100000 BYTES elements")
+    assert runner.sent("transcribe") == []
+
+
+def test_the_configured_limit_counts_every_bytes_input(runner: FakeSpeechRunner) -> None:
+    with serve(runner, parse_settings({"limits": {"max_bytes_elements": 2}})) as client:
+        status, result = infer(client, [audio_input(WAV_1S, WAV_1S)])
+        assert status == 200 and len(texts(result)) == 2
+        status, error = infer(
+            client, [audio_input(WAV_1S), text_input("language", "de", "fr", "en")]
+        )
+        assert (status, error) == (
+            400,
+            "Input 'language' has 3 BYTES elements; the limit is 2 per input.",
+        )
 
 
 def test_wrong_datatype_is_refused(client: TestClient) -> None:

@@ -5,11 +5,13 @@ the same request over HTTP (/v2, /v1) or straight to Triton."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
 import httpx
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpc_aio
@@ -19,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import RoutingStack
 from tests.media import audio_bytes, tone
+from tests.servers.memory import PeakGrowth
 from tests.servers.triton_models import CLASSIFY_SHAPE, reference_classify, reference_scale
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -142,6 +145,23 @@ def test_triton_model_over_grpc_gives_the_numbers_triton_computes(
     want_probs, want_labels = reference_classify(pixels)
     np.testing.assert_allclose(result.as_numpy("probs"), want_probs, rtol=1e-5, atol=1e-6)
     assert [b.decode() for b in result.as_numpy("label").reshape(-1)] == want_labels
+
+
+def test_100000_audio_elements_are_refused_at_once_and_cost_the_gateway_little(
+    gateway: grpcclient.InferenceServerClient, gateway_worker: psutil.Process
+) -> None:
+    wire = audio(*[b"x"] * 100_000)  # raw_input_contents, as tritonclient sends BYTES
+    with PeakGrowth(gateway_worker.pid) as grown:
+        started = time.monotonic()
+        with pytest.raises(InferenceServerException) as err:
+            gateway.infer("demo-whisper", [wire], client_timeout=60)
+        took = time.monotonic() - started
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert err.value.message() == (
+        "Input 'audio' has 100000 BYTES elements; the limit is 4096 per input."
+    )
+    assert took < 3, f"{took:.1f} s"
+    assert grown.mib < 100, f"the gateway worker grew by {grown.mib:.0f} MiB"
 
 
 async def test_aio_client_and_request_id_in_trailing_metadata(grpc_url: str) -> None:

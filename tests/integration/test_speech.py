@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import openai
+import psutil
 import pytest
 
 from tests.integration.batching import batch_counts
 from tests.media import audio_bytes, image_bytes, noise_image, tone
+from tests.servers.memory import PeakGrowth
 
 pytestmark = pytest.mark.integration
 
@@ -164,3 +169,37 @@ def test_bad_input_is_4xx_and_the_next_request_succeeds(
         client.audio.transcriptions.create(file=file, **kwargs)  # type: ignore[call-overload]
     assert 400 <= err.value.status_code < 500 and message in err.value.message
     assert client.audio.transcriptions.create(model=MODEL, file=("ok.wav", clip(0))).text
+
+
+# A /v2 request of 100,000 one-byte files took the gateway worker 5-22 s and +511 MB (one decode
+# task per element) before its 400; JSON nested 100,000 deep was a 500 RecursionError on /v1.
+MANY = 100_000
+
+
+def v2_body(shape: int, data: str) -> bytes:
+    audio = f'{{"name":"audio","datatype":"BYTES","shape":[{shape}],"data":{data}}}'
+    return f'{{"inputs":[{audio}]}}'.encode()
+
+
+BAD_V2_BODIES = {
+    "100000 audio elements": (
+        v2_body(MANY, json.dumps(["x"] * MANY)),
+        "Input 'audio' has 100000 BYTES elements; the limit is 4096 per input.",
+    ),
+    "nested 100000 deep": (v2_body(1, "[" * MANY + "]" * MANY), "recursion limit exceeded"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_V2_BODIES))
+def test_a_bad_v2_body_is_a_400_at_once_and_costs_the_gateway_little(
+    bundle_url: str, gateway_worker: psutil.Process, case: str
+) -> None:
+    body, message = BAD_V2_BODIES[case]
+    with PeakGrowth(gateway_worker.pid) as grown:
+        started = time.monotonic()
+        r = httpx.post(f"{bundle_url}/v2/models/{MODEL}/infer", content=body, timeout=60)
+        took = time.monotonic() - started
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error"} and message in r.json()["error"]
+    assert took < 3, f"{took:.1f} s"
+    assert grown.mib < 100, f"the gateway worker grew by {grown.mib:.0f} MiB"

@@ -38,3 +38,18 @@ def test_the_engine_listens_on_loopback_unless_told() -> None:
     assert host(Settings.model_validate({"llm": {"host": "0.0.0.0"}})) == "0.0.0.0"
     with pytest.raises(ValueError, match="host"):
         Settings.model_validate({"llm": {"host": "10.0.0.5"}})  # the proxy needs loopback
+
+
+def test_tool_calls_fit_their_schema_unless_told() -> None:
+    """Issue 21: at vLLM's own level (auto) a forced call answered `true` for an object schema."""
+
+    def level(llm: dict[str, str]) -> str | None:
+        cmd = engine_command(Settings.model_validate({"llm": llm}).llm, "/m", "m")
+        return cmd[cmd.index("--tool-strict-level") + 1] if "--tool-strict-level" in cmd else None
+
+    hermes = {"tool_call_parser": "hermes"}
+    assert level(hermes) == "parameter"
+    assert level({**hermes, "tool_strict_level": "auto"}) == "auto"
+    assert level({}) is None  # no parser, no tool calls for the level to pin
+    with pytest.raises(ValueError, match="tool_strict_level"):
+        Settings.model_validate({"llm": {**hermes, "tool_strict_level": "strict"}})

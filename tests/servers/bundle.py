@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import subprocess
@@ -9,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from tests.servers.process import ServerProcess, free_port, http_ok
 
@@ -70,6 +73,19 @@ def bundle_process(
 
         server.before_start = build_first
     return server
+
+
+def service_worker(bundle: ServerProcess, service: str) -> psutil.Process:
+    """The worker process of one of the bundle's services (`gateway`, `vision`, ...): the first,
+    where the service runs several."""
+    assert bundle.proc is not None, "the bundle is not running"
+    for proc in psutil.Process(bundle.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            command = " ".join(proc.cmdline()) + " "
+            worker = "_bentoml_impl.worker.service" in command
+            if worker and f"--service-name {service} " in command:
+                return proc
+    raise LookupError(f"no worker of service '{service}' in the bundle")
 
 
 def remote_gateway_process(config: dict[str, Any], *, timeout_s: float = 180) -> ServerProcess:

@@ -89,8 +89,19 @@ def kserve_error(response: Any) -> str:
 
 def test_server_metadata_live_and_ready(client: TestClient) -> None:
     assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
-    assert client.get("/v2/health/live").status_code == 200
-    assert client.get("/v2/health/ready").status_code == 200
+    live, ready = client.get("/v2/health/live"), client.get("/v2/health/ready")
+    assert (live.status_code, live.json()) == (200, {"live": True})  # the Open Inference
+    assert (ready.status_code, ready.json()) == (200, {"ready": True})  # Protocol's bodies
+
+
+def test_server_not_ready_is_503_with_ready_false() -> None:
+    down = Backend(FakeAdapter("speech", healthy=False), required=True)
+    app = create_app()
+    install(app, settings=Settings(), router=Router(Registry([]), {"speech": down}))
+    with TestClient(app) as client:
+        r = client.get("/v2/health/ready")
+        assert (r.status_code, r.json()) == (503, {"ready": False})
+        assert client.get("/v2/health/live").json() == {"live": True}
 
 
 def test_model_metadata_under_the_public_name(client: TestClient) -> None:
@@ -210,6 +221,16 @@ def test_errors_come_back_in_kserve_shape(
     r = client.post(path, json=body)
     assert r.status_code == status, r.text
     assert message in kserve_error(r)
+
+
+def test_json_nested_100000_levels_deep_is_400_in_kserve_shape(client: TestClient) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for part in (b'"data":' + deep, b'"data":[1],"parameters":{"p":' + deep + b"}"):
+        body = b'{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1],' + part + b"}]}"
+        r = client.post("/v2/models/scale-v/infer", content=body)
+        assert r.status_code == 400, r.text
+        assert kserve_error(r).startswith("Not a KServe V2 inference request: body: Invalid JSON")
+        assert "recursion limit exceeded" in kserve_error(r)
 
 
 def test_bad_binary_framing_is_400(client: TestClient) -> None:

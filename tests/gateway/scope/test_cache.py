@@ -97,6 +97,19 @@ def test_keys_follow_the_normalized_request() -> None:
     assert cache.key("m1", "infer", t1, {}) != cache.key("m1", "infer", t2, {})
 
 
+def test_bytes_tensors_whose_elements_join_alike_get_different_keys() -> None:
+    cache = ResponseCache(CacheSettings(models=["m*"]), MemoryStorage(10))
+
+    def key(*items: bytes) -> str | None:
+        data = np.empty(len(items), dtype=object)
+        data[:] = items
+        return cache.key("m1", "infer", TensorRequest((Tensor("TXT", "BYTES", data),)), {})
+
+    assert key(b"a\0", b"b") != key(b"a", b"\0b")  # both "a\0\0b" joined with NULs
+    assert key(b"ab", b"") != key(b"a", b"b")
+    assert key(b"a\0", b"b") == key(b"a\0", b"b")
+
+
 async def test_memory_storage_is_lru_and_expires_entries() -> None:
     clock = Clock()
     store = MemoryStorage(2, clock=clock)
