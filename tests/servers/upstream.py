@@ -33,13 +33,16 @@ except ImportError:  # pragma: no cover
     uvloop = None  # type: ignore[assignment]
 
 
-class Upstream:
-    def __init__(self, *, model: str, prefill_ms: float, token_ms: float, tokens: int) -> None:
-        self.model = model
-        self.prefill_s = prefill_ms / 1000
-        self.token_s = token_ms / 1000
-        self.tokens = tokens
-        self.requests = 0
+class RawHTTP:
+    """HTTP/1.1 on raw asyncio streams: keep-alive, Content-Length bodies; a subclass routes.
+    tests/servers/sim_vllm.py serves on it too."""
+
+    requests = 0  # HTTP requests read, every route
+
+    async def route(
+        self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter
+    ) -> None:
+        raise NotImplementedError
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -63,18 +66,26 @@ class Upstream:
         finally:
             writer.close()
 
+
+class Upstream(RawHTTP):
+    def __init__(self, *, model: str, prefill_ms: float, token_ms: float, tokens: int) -> None:
+        self.model = model
+        self.prefill_s = prefill_ms / 1000
+        self.token_s = token_ms / 1000
+        self.tokens = tokens
+
     async def route(
         self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter
     ) -> None:
         if method == "GET" and path == "/health":
-            return _send(writer, 200, b"")
+            return send(writer, 200, b"")
         if method == "GET" and path == "/v1/models":
             models = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
-            return _send(writer, 200, json.dumps(models).encode())
+            return send(writer, 200, json.dumps(models).encode())
         if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             request = json.loads(body or b"{}")
             return await self.generate(request, path.endswith("chat/completions"), writer)
-        return _send(writer, 404, b'{"error": {"message": "no route", "type": "not_found"}}')
+        return send(writer, 404, b'{"error": {"message": "no route", "type": "not_found"}}')
 
     async def generate(
         self, request: dict[str, Any], chat: bool, writer: asyncio.StreamWriter
@@ -100,7 +111,7 @@ class Upstream:
                 "choices": [{**choice, "finish_reason": "length"}],
                 "usage": usage,
             }
-            return _send(writer, 200, json.dumps(answer).encode())
+            return send(writer, 200, json.dumps(answer).encode())
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"transfer-encoding: chunked\r\n\r\n"
@@ -127,15 +138,23 @@ class Upstream:
         await writer.drain()
 
 
-def _send(writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
-    reason = {200: "OK", 404: "Not Found"}.get(status, "Error")
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}
+
+
+def send(
+    writer: asyncio.StreamWriter,
+    status: int,
+    body: bytes,
+    content_type: str = "application/json",
+) -> None:
+    """One whole response with a Content-Length (keep-alive)."""
     writer.write(
-        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-        % (status, reason.encode(), len(body), body)
+        b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+        % (status, REASONS.get(status, "Error").encode(), content_type.encode(), len(body), body)
     )
 
 
-async def serve(upstream: Upstream, host: str, port: int) -> None:
+async def serve(upstream: RawHTTP, host: str, port: int) -> None:
     server = await asyncio.start_server(upstream.handle, host, port, backlog=2048)
     async with server:
         await server.serve_forever()
