@@ -34,6 +34,8 @@ class _Section(BaseModel):
 ToolStrictLevel = Literal["auto", "function", "parameter"]  # vLLM's --tool-strict-level
 # How a pool picks an endpoint per request (gateway/routing/pick.py)
 Balance = Literal["round_robin", "least_load", "prefix", "session"]
+# A request's class for admission and the engine (gateway/scope/admission.py)
+Priority = Literal["high", "normal", "low"]
 
 
 class Discover(_Section):
@@ -95,6 +97,9 @@ class LLMSettings(_Section):
     # (`health_port`, /readyz). Unset: the one engine at engine_url (or this host's).
     engine_discover: Discover | None = None
     balance: Balance = "prefix"
+    # vLLM --scheduling-policy: priority (the gateway passes each request's class as vLLM's
+    # `priority`; with one class it is first come first served) or fcfs.
+    scheduling_policy: Literal["priority", "fcfs"] = "priority"
 
     @model_validator(mode="after")
     def _one_engine_source(self) -> LLMSettings:
@@ -274,6 +279,9 @@ class OpenAIBackend(_Pool):
     kind: Literal["openai"]
     timeout_s: float | None = Field(600.0, gt=0)
     api_key: str | None = None
+    # Send each request's class as vLLM's `priority` (high -1, normal 0, low 1): only for an
+    # engine started with `--scheduling-policy priority` (vLLM refuses it otherwise).
+    priority: bool = False
     ADDRESS: ClassVar[str] = r"^(https?|tcp|unix|file)://"
     ADDRESS_HINT: ClassVar[str] = "a URL (http://host:port)"
 
@@ -346,6 +354,10 @@ class KeySettings(_Section):
     rpm: int | None = Field(None, ge=1)  # requests per minute
     tpm: int | None = Field(None, ge=1)  # tokens per minute, prompt + completion
     max_parallel: int | None = Field(None, ge=1)  # requests in flight
+    # The highest class its requests may ask for (`service_tier`, `X-Priority`): asking higher
+    # gets this one. `weight`: its share against other keys of a class in a full queue.
+    max_priority: Priority = "normal"
+    weight: float = Field(1.0, gt=0)
 
 
 class AuthSettings(_Section):
@@ -368,9 +380,13 @@ class RateLimitSettings(_Section):
 class AdmissionSettings(_Section):
     """Per backend: requests sent at once, requests waiting, and how long one may wait."""
 
-    max_inflight: int = Field(64, ge=1)
+    max_inflight: int = Field(64, ge=1)  # per endpoint of a pool
     max_queue: int = Field(256, ge=0)
     queue_timeout_s: float = Field(30.0, gt=0)
+    # fair: classes first (high, normal, low), then keys by tokens served; fifo: arrival order
+    policy: Literal["fair", "fifo"] = "fair"
+    reserved_fraction: float = Field(0.1, ge=0, lt=1)  # of the slots, never taken by `low`
+    promote_after_s: float = Field(10.0, gt=0)  # a waiter moves up one class this often
 
 
 class CacheSettings(_Section):

@@ -39,6 +39,7 @@ def engine_command(settings: LLMSettings, model_path: str, served_name: str) -> 
     cmd += ["--host", settings.host, "--port", str(settings.port)]
     cmd += ["--dtype", settings.dtype, "--max-num-seqs", str(settings.max_num_seqs)]
     cmd += ["--tensor-parallel-size", str(settings.tensor_parallel_size)]
+    cmd += ["--scheduling-policy", settings.scheduling_policy]
     if settings.max_model_len:
         cmd += ["--max-model-len", str(settings.max_model_len)]
     if _has_cuda():

@@ -33,6 +33,7 @@ class InferRequest:
     payload: Any
     options: dict[str, Any] = field(default_factory=dict)
     request_id: str | None = None  # the gateway's id of the request, passed to the backend
+    priority: str = "normal"  # its class (high, normal, low): an engine may schedule by it
     # The request's context (gateway/scope/context.py), for the router's layers only: the
     # picker reads its caller, the backend records the endpoint that served it. Adapters ignore it.
     context: Any = field(default=None, compare=False, repr=False)

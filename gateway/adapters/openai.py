@@ -23,6 +23,8 @@ from gateway.errors import (
     InvalidRequest,
 )
 
+VLLM_PRIORITY = {"high": -1, "normal": 0, "low": 1}  # vLLM: lower is handled earlier
+
 PATHS = {
     "chat": "/v1/chat/completions",
     "completion": "/v1/completions",
@@ -106,8 +108,11 @@ class OpenAIAdapter:
         api_key: str | None = None,
         health: UpstreamClient | None = None,
         health_path: str = "/health",
+        send_priority: bool = False,
     ) -> None:
         self.name = name
+        # Each request's class as vLLM's `priority` (lower first): for engines scheduling by it.
+        self._send_priority = send_priority
         self._client = client
         self._health = health or client  # the bundled engine: checked through its service
         # The bundled engine's BentoML service answers /readyz itself (its own check of vLLM);
@@ -121,8 +126,14 @@ class OpenAIAdapter:
             return self._headers
         return {**self._headers, "X-Request-Id": request.request_id}
 
+    def _body(self, request: InferRequest, *, stream: bool) -> dict[str, object]:
+        body = {**request.payload, "model": request.model, "stream": stream}
+        if self._send_priority:
+            body["priority"] = VLLM_PRIORITY[request.priority]
+        return body
+
     async def predict(self, request: InferRequest) -> InferResponse:
-        body = {**request.payload, "model": request.model, "stream": False}
+        body = self._body(request, stream=False)
         client = self._client
         try:
             async with client.session.post(
@@ -141,7 +152,7 @@ class OpenAIAdapter:
             raise BackendError(self.name, "the answer is not JSON") from None
 
     async def stream(self, request: InferRequest) -> AsyncIterator[bytes]:
-        body = {**request.payload, "model": request.model, "stream": True}
+        body = self._body(request, stream=True)
         client = self._client
         try:
             r = await client.session.post(

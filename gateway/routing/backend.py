@@ -42,9 +42,9 @@ from gateway.errors import (
 )
 from gateway.routing.breaker import CircuitBreaker, CircuitOpen, Permit, State
 from gateway.routing.metrics import BackendMetrics
-from gateway.routing.pick import Choice, RoundRobin, response_id_in
+from gateway.routing.pick import Choice, RoundRobin, prompt_text, response_id_in
 from gateway.routing.pool import HEALTH_TIMEOUT_S, Endpoint, Pool
-from gateway.scope.admission import Admission
+from gateway.scope.admission import Admission, Ticket
 
 T = TypeVar("T")
 NO_ENDPOINT = CircuitBreaker()  # what the status page shows of a pool that found none yet
@@ -103,7 +103,7 @@ class Backend:
         return self.pool.endpoints[0].breaker if self.pool.endpoints else NO_ENDPOINT
 
     async def predict(self, request: InferRequest) -> InferResponse:
-        async with self.admission.slot():
+        async with self.admission.slot(ticket(request)):
             endpoint, _, result = await self._attempts(request, lambda a: a.predict(request))
             endpoint.finished()
         if request.task == "responses":
@@ -112,7 +112,7 @@ class Backend:
 
     async def open_stream(self, request: InferRequest) -> OpenedStream:
         """The stream once its first chunk has come; its `aclose()` frees its slot."""
-        await self.admission.acquire()
+        await self.admission.acquire(ticket(request))
         try:
             endpoint, _, opened = await self._attempts(
                 request, lambda a: OpenedStream.open(a.stream(request))
@@ -258,6 +258,24 @@ class Backend:
     def _failed(self, breaker: CircuitBreaker, permit: Permit, outcome: str) -> None:
         breaker.failed(permit)
         self.metrics.call(outcome)
+
+
+def ticket(request: InferRequest) -> Ticket:
+    """What admission weighs a request by: its class, its key and the key's weight, and its
+    size in tokens, estimated (prompt characters / 4 + `max_tokens`, 256 when unset)."""
+    ctx, body = request.context, request.payload
+    key = ctx.key if ctx is not None else None
+    cost = 1.0
+    if isinstance(body, dict):
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        answer = limit if isinstance(limit, int) else 256
+        cost = len(prompt_text(request)) / 4 + answer
+    return Ticket(
+        priority=request.priority,  # type: ignore[arg-type]
+        key=key.name if key is not None else "",
+        weight=key.weight if key is not None else 1.0,
+        cost=cost,
+    )
 
 
 def _outcome(err: BackendError) -> str:

@@ -98,6 +98,7 @@ def remote_pool(name: str, settings: OpenAIBackend | TritonBackend) -> PoolSpec:
                 name,
                 make_client(url, timeout_s=timeout_s),
                 api_key=settings.api_key,
+                send_priority=settings.priority,
                 health=health_client(url, discover, timeout_s=timeout_s),
                 health_path=(discover and discover.health_path) or "/health",
             )

@@ -52,6 +52,7 @@ def llm_engines(settings: Settings, llm_url: str) -> InferenceAdapter | PoolSpec
     each checked on its pod's service port."""
     timeout_s = settings.gateway.timeout_s
     found = settings.llm.engine_discover
+    by_priority = settings.llm.scheduling_policy == "priority"  # the engine takes `priority`
     if found is None:
         service = make_client(llm_url, timeout_s=timeout_s)
         at = engine_url(settings, llm_url)
@@ -60,6 +61,7 @@ def llm_engines(settings: Settings, llm_url: str) -> InferenceAdapter | PoolSpec
             service if at == llm_url else make_client(at, timeout_s=timeout_s),
             health=service,  # the service's /readyz: its own check of the engine
             health_path="/readyz",
+            send_priority=by_priority,
         )
 
     def engine(url: str) -> InferenceAdapter:
@@ -68,6 +70,7 @@ def llm_engines(settings: Settings, llm_url: str) -> InferenceAdapter | PoolSpec
             make_client(url, timeout_s=timeout_s),
             health=health_client(url, found, timeout_s=timeout_s),
             health_path=found.health_path or "/health",
+            send_priority=by_priority,
         )
 
     return PoolSpec((), engine, settings.llm.balance, f"dns:{found.dns}:{found.port}", found)

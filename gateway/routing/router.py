@@ -99,6 +99,7 @@ class Router:
             payload=payload,
             options=options,
             request_id=ctx.request_id if ctx else None,
+            priority=_priority(ctx, payload),
             context=ctx,
         )
         key = self.cache.key(route.name, task, payload, options) if self.cache else None
@@ -128,6 +129,7 @@ class Router:
             model=route.upstream_model,
             payload=payload,
             request_id=ctx.request_id if ctx else None,
+            priority=_priority(ctx, payload),
             context=ctx,
         )
         return await self._with_fallback(
@@ -213,6 +215,16 @@ class Router:
                 fallback_used(route.name, candidate.name)
             return result
         raise failures[0]
+
+
+def _priority(ctx: RequestContext | None, payload: object) -> str:
+    """The request's class: its body's `service_tier` (OpenAI's own field) if it names one,
+    else what the request scope took from `X-Priority`; capped by the key's ceiling."""
+    if ctx is None:
+        return "normal"
+    if isinstance(payload, dict):
+        ctx.ask_priority(payload.get("service_tier"))
+    return ctx.priority
 
 
 def _for(request: InferRequest, route: Route) -> InferRequest:

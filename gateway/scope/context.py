@@ -14,10 +14,19 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.errors import InvalidRequest
+
 if TYPE_CHECKING:
     from starlette.requests import Request
 
     from gateway.scope.keys import ApiKey
+
+# A request's class from OpenAI's `service_tier` or an `X-Priority` header.
+CLASS_OF = {
+    "priority": "high", "default": "normal", "auto": "normal", "scale": "normal", "flex": "low",
+    "high": "high", "normal": "normal", "low": "low",
+}  # fmt: skip
+RANK = {"high": 0, "normal": 1, "low": 2}
 
 _CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 
@@ -45,10 +54,26 @@ class RequestContext:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cache: str | None = None  # "hit" or "miss" when the model is cached
+    priority: str = "normal"  # its class: high, normal or low (gateway/scope/admission.py)
 
     @property
     def key_name(self) -> str | None:
         return self.key.name if self.key else None
+
+    def ask_priority(self, asked: object) -> None:
+        """Take the class a request asks for (`service_tier` or `X-Priority`), capped by its
+        key's `max_priority` (with auth off, as asked); an unknown value is a 400."""
+        if asked is None:
+            return
+        wanted = CLASS_OF.get(asked) if isinstance(asked, str) else None
+        if wanted is None:
+            raise InvalidRequest(
+                f"Unknown priority {asked!r}: service_tier is one of auto, default, flex, scale, "
+                "priority; X-Priority one of high, normal, low.",
+                param="service_tier",
+            )
+        ceiling = self.key.max_priority if self.key else "high"
+        self.priority = wanted if RANK[wanted] >= RANK[ceiling] else ceiling
 
     def count_usage(self, usage: Any) -> None:
         """Take token counts from an OpenAI `usage` object (a dict), if it is one."""

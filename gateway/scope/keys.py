@@ -61,6 +61,8 @@ class ApiKey:
     rpm: int | None = None
     tpm: int | None = None
     max_parallel: int | None = None
+    max_priority: str = "normal"  # the highest class its requests get (settings.Priority)
+    weight: float = 1.0  # its share against other keys of a class in a full queue
 
     @classmethod
     def from_settings(cls, entry: KeySettings) -> ApiKey:
@@ -71,6 +73,8 @@ class ApiKey:
             rpm=entry.rpm,
             tpm=entry.tpm,
             max_parallel=entry.max_parallel,
+            max_priority=entry.max_priority,
+            weight=entry.weight,
         )
 
     def allows(self, model: str) -> bool:

@@ -6,7 +6,9 @@
 2. makes the request context (gateway/scope/context.py): request id (the client's
    `X-Request-Id`, else a gRPC infer request's `id`, else a fresh one), caller, principal;
 3. authenticates the API key (`Authorization: Bearer` or `api-key`) when keys are configured;
-4. admits it against the key's rate limits (requests/min, parallel requests, tokens/min);
+4. takes its class from `X-Priority` (capped by the key's `max_priority`; the router reads a
+   body's `service_tier`), and admits it against the key's rate limits (requests/min,
+   parallel requests, tokens/min);
 5. counts it in flight (the gateway's gauge and the drain's count);
 6. at the end counts the tokens the engine reported against the key, frees its parallel slot,
    and writes its metrics and its one access-log line.
@@ -101,6 +103,7 @@ class Call:
             if drain.draining and drain.refuse_new:
                 raise Draining(drain.retry_after_s)
             self.ctx.key = self.parts.keys.authenticate(token_from_headers(self._headers))
+            self.ctx.ask_priority(self._headers.get("x-priority"))
             if self.ctx.key is not None:
                 self.lease = await self.parts.limiter.admit(self.ctx.key)
         except BaseException as exc:
@@ -254,6 +257,7 @@ def finished(ctx: RequestContext, settings: Settings) -> None:
         "model": ctx.model,
         "backend": ctx.backend,
         "endpoint": ctx.endpoint,
+        "priority": ctx.priority,
         "method": ctx.method,
         "path": ctx.path,
         "status": status,
