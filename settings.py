@@ -57,9 +57,9 @@ class LLMSettings(_Section):
     served_name: str | None = None  # defaults to the model tag's name
     port: int = Field(8100, ge=1, le=65535)  # vLLM's own HTTP port inside the LLM service
     # The interface vLLM listens on: loopback, or every interface where a gateway in another pod
-    # reaches it directly (engine_url). Loopback is always included: the service's proxy and
-    # probes use it. vLLM's port takes requests that pass by the gateway's keys: let only the
-    # gateway reach it (deploy/kubernetes/base/network-policies.yaml).
+    # reaches it directly (engine_url, engine_discover). Loopback is always included: the
+    # service's proxy and probes use it. vLLM's port takes requests that pass by the gateway's
+    # keys: let only the gateway reach it (deploy/kubernetes/base/network-policies.yaml).
     host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1"
     command: list[str] = ["{python}", "-m", "vllm.entrypoints.openai.api_server"]
     max_model_len: int | None = Field(None, ge=16)
@@ -84,11 +84,12 @@ class LLMSettings(_Section):
     shutdown_timeout_s: int = Field(10, ge=0)  # vLLM --shutdown-timeout: its own drain, last
     # The gateway sends LLM requests straight to vLLM's port, past the LLM service's BentoML
     # proxy, a second relay as costly per chunk as the gateway (bench.gateway, path llm-hop):
-    # at `engine_url` when set (Kubernetes: http://llm:8100, the llm Service's engine port), else
-    # at 127.0.0.1:port when the LLM service runs on the gateway's host (`bentoml serve`, the
-    # image, compose). Health checks, restarts and the drain stay with the service. Elsewhere
-    # (BentoCloud: one port per service) the service's proxy is the way in. engine_direct false:
-    # always through the service.
+    # at every replica's engine found by `engine_discover` (Kubernetes: the headless Service
+    # llm-engine), or at `engine_url` when set, else at 127.0.0.1:port when the LLM service runs
+    # on the gateway's host (`bentoml serve`, the image, compose). Health checks, restarts and
+    # the drain stay with the service. Elsewhere (BentoCloud: one port per service) the
+    # service's proxy is the way in. engine_direct false: always through the service (it does
+    # not apply with engine_discover).
     engine_direct: bool = True
     engine_url: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$")
     # Every replica of the LLM service as an endpoint of the gateway's `llm` pool, by DNS (on
@@ -100,6 +101,9 @@ class LLMSettings(_Section):
     # vLLM --scheduling-policy: priority (the gateway passes each request's class as vLLM's
     # `priority`; with one class it is first come first served) or fcfs.
     scheduling_policy: Literal["priority", "fcfs"] = "priority"
+    # Added to the engine processes' niceness (0-19): on one host their busy-polling threads
+    # then yield the cores to the gateway, whose answers (refusals, other models) stay quick.
+    nice: int = Field(0, ge=0, le=19)
 
     @model_validator(mode="after")
     def _one_engine_source(self) -> LLMSettings:

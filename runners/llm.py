@@ -102,7 +102,8 @@ class LLM:
         drain = get_settings().drain  # the worker drains for at most this long, then stops us
         wait_s = drain.timeout_s + 2 * drain.final_grace_s + 10
         return [sys.executable, "-m", "runners.supervisor", "--drain-wait", f"{wait_s:g}",
-                "--stop-timeout", str(SETTINGS.shutdown_timeout_s + 10), "--", *engine]  # fmt: skip
+                "--stop-timeout", str(SETTINGS.shutdown_timeout_s + 10),
+                "--nice", str(SETTINGS.nice), "--", *engine]  # fmt: skip
 
     async def __is_alive__(self) -> bool:
         """Dead once the supervisor is gone (killed, or out of restarts): liveness turns false,

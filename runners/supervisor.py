@@ -41,8 +41,10 @@ class Supervisor:
         restart_window_s: float = 300.0,
         backoff_s: float = 1.0,
         stop_timeout_s: float = 30.0,
+        nice: int = 0,
     ) -> None:
         self.command = list(command)
+        self.nice = nice  # added to the child's niceness: a lower CPU priority needs no privilege
         self.max_restarts = max_restarts
         self.restart_window_s = restart_window_s
         self.backoff_s = backoff_s
@@ -51,6 +53,11 @@ class Supervisor:
         self._lock = threading.Lock()  # stop() and a (re)start never cross
         self._child: subprocess.Popen[bytes] | None = None
         self._restarts: list[float] = []
+
+    def _in_child(self) -> None:
+        die_with_parent()
+        if self.nice:
+            os.nice(self.nice)
 
     def run(self) -> int:
         """Run until stopped (returns 0) or until the child crashes too often (returns its code)."""
@@ -62,7 +69,7 @@ class Supervisor:
                 if self._stopping.is_set():
                     return 0
                 self._child = subprocess.Popen(
-                    self.command, preexec_fn=die_with_parent, process_group=0
+                    self.command, preexec_fn=self._in_child, process_group=0
                 )
             code = self._child.wait()
             _kill_group(self._child.pid, signal.SIGKILL)  # what the dead child left behind
@@ -110,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-restarts", type=int, default=5)
     parser.add_argument("--restart-window", type=float, default=300.0)
     parser.add_argument("--stop-timeout", type=float, default=30.0)
+    parser.add_argument("--nice", type=int, default=0, help="the child's niceness increment")
     parser.add_argument(
         "--drain-wait",
         type=float,
@@ -128,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_restarts=args.max_restarts,
         restart_window_s=args.restart_window,
         stop_timeout_s=args.stop_timeout,
+        nice=args.nice,
     )
 
     parent = os.getppid()

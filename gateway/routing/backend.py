@@ -178,6 +178,7 @@ class Backend:
     async def health(self) -> bool:
         if not self.pool.dynamic:
             return bool(self.pool.endpoints) and await self._healthy(self.adapter)
+        await self.pool.watching()  # a discovered pool finds its endpoints before any request
         return any(await asyncio.gather(*(self._healthy(e.adapter) for e in self.pool.live())))
 
     async def model_ready(self, model: str, version: str) -> bool:

@@ -216,9 +216,7 @@ class Pool:
         """The endpoint for `request`, not one of `exclude` if another is eligible; the pick is
         counted and recorded in the picker. BreakerOpen when every breaker is open, else
         BackendUnavailable when no endpoint is eligible."""
-        self._start()
-        if self.discovery is not None and not self._discovered.is_set():
-            await self._first_discovery()
+        await self.watching()
         if not self.dynamic:  # one endpoint: its breaker answers for itself, as a backend's
             if not self.endpoints:
                 raise self._none_eligible()
@@ -268,6 +266,13 @@ class Pool:
                 await endpoint.aclose()
             except Exception:
                 log.exception("closing endpoint %s of %s failed", endpoint.key, self.backend)
+
+    async def watching(self) -> None:
+        """Start watching the endpoints (once), and wait for the first DNS answer (at most
+        HEALTH_TIMEOUT_S): a readiness check must not wait for a first request to look."""
+        self._start()
+        if self.discovery is not None and not self._discovered.is_set():
+            await self._first_discovery()
 
     # -- the watch ----------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ VLLM_KINDS = {"_gauge_cls": "gauge", "_counter_cls": "counter", "_histogram_cls"
 VLLM_LABELS = ("model_name", "engine")
 MODEL = "demo-llm"
 BACKENDS = ("llm", "vision", "speech", "embed")
+LLM_ENDPOINTS = ("http://10.0.0.11:8100", "http://10.0.0.12:8100")  # llm pods by llm-engine
 KEYS = ("team-a", "team-b")
 
 
@@ -131,6 +132,11 @@ class Target:
             m("gateway_backend_calls").labels(backend=backend, outcome="error").inc(n % 2)
             m("gateway_breaker_transitions").labels(backend, "closed", "open").inc(n % 7 == 0)
             m("gateway_backend_retries").labels(backend=backend).inc(n % 2)
+        for i, endpoint in enumerate(LLM_ENDPOINTS):
+            m("gateway_endpoint_requests").labels(backend="llm", endpoint=endpoint).inc(3 + i)
+            m("gateway_endpoint_inflight").labels(backend="llm", endpoint=endpoint).set(i + n % 3)
+        for reason in ("prefix", "least_load", "retry"):
+            m("gateway_pick").labels(backend="llm", reason=reason).inc(1 + n % 2)
         m("gateway_requests_in_flight").set(4 + n % 3)
         m("gateway_fallbacks").labels(model="llama-70b", fallback=MODEL).inc(n % 2)
         for key in KEYS:

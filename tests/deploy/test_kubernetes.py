@@ -228,29 +228,92 @@ def test_the_gateway_serves_kserve_grpc_on_its_service(objects: Objects) -> None
     assert service_ports["grpc"]["targetPort"] == "grpc"
 
 
-def test_the_gateway_reaches_vllm_on_the_llm_services_engine_port(objects: Objects) -> None:
-    """llm.engine_url names the llm Service's engine port, which forwards to vLLM's own port
-    (llm.port) on an interface the pod network reaches (llm.host), and only the gateway may."""
+def engine_service(objects: Objects, dns: str) -> dict[str, Any]:
+    """The Service a DNS name in the bundle's namespace names (short or qualified)."""
+    (namespace,) = objects.by_kind["Namespace"]
+    name, _, rest = dns.partition(".")
+    assert rest in ("", namespace, f"{namespace}.svc", f"{namespace}.svc.cluster.local"), dns
+    return objects.service(name)
+
+
+def test_the_gateway_finds_every_llm_engine_by_a_headless_service(objects: Objects) -> None:
+    """llm.engine_discover names a headless Service over the llm pods' engine port: its DNS name
+    lists every ready pod, so each gateway worker sends each request to a pod it picks, at vLLM's
+    own port (llm.port, on an interface the pod network reaches), and reads the pod's health
+    and drain on the LLM service's port, where the readiness probe reads them."""
     llm = objects.settings(LLM).llm
-    assert llm.engine_direct and llm.engine_url and llm.host in ("0.0.0.0", "::")
-    target = urlsplit(llm.engine_url)
-    assert target.hostname == LLM
-    assert port(container(objects.deployment(LLM)), "engine") == llm.port
-    service_ports = {p["name"]: p for p in objects.service(LLM)["spec"]["ports"]}
-    assert service_ports["engine"]["port"] == target.port
-    assert service_ports["engine"]["targetPort"] == "engine"
-    labels = pod_labels(objects.deployment(LLM))
-    gateway = pod_labels(objects.deployment(GATEWAY))
-    (policy,) = [
-        p for p in objects.by_kind["NetworkPolicy"].values()
-        if _selects_pod(p["spec"]["podSelector"], labels)
-    ]  # fmt: skip
+    found = llm.engine_discover
+    assert found is not None and llm.engine_url is None, "the llm pods by engine_discover"
+    assert llm.host in ("0.0.0.0", "::")
+    deployment = objects.deployment(LLM)
+    c = container(deployment)
+    assert found.port == llm.port == port(c, "engine")
+    assert found.health_port == port(c)
+    assert found.health_path == c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    service = engine_service(objects, found.dns)
+    spec = service["spec"]
+    assert spec["clusterIP"] == "None", "headless: one address per pod, not one per Service"
+    assert spec.get("publishNotReadyAddresses", False) is False, "ready pods only"
+    for name, other in bundle_deployments(objects):
+        assert selects(spec["selector"], pod_labels(other)) == (name == LLM), name
+    (engine,) = spec["ports"]
+    assert engine["port"] == found.port
+    assert engine["targetPort"] in ("engine", found.port)
+
+
+def test_no_cluster_ip_leads_to_vllm(objects: Objects) -> None:
+    """The llm Service forwards the LLM service's port only: a ClusterIP picks a pod once per
+    connection, and pooled keep-alive connections to vLLM would stick to the pods they first
+    reached."""
+    llm = objects.settings(LLM).llm
+    for service in objects.by_kind["Service"].values():
+        spec = service["spec"]
+        if spec.get("clusterIP") == "None":
+            continue
+        if selects(spec["selector"], pod_labels(objects.deployment(LLM))):
+            targets = {p["targetPort"] for p in spec["ports"]}
+            assert not targets & {"engine", llm.port}, service["metadata"]["name"]
+
+
+def allowed_ports(policy: dict[str, Any], peer: dict[str, str], c: dict[str, Any]) -> set[int]:
+    """The ports of the container `c` the policy lets pods labelled `peer` (same namespace)
+    reach."""
+    named = {p["name"]: p["containerPort"] for p in c["ports"]}
+    ports: set[int] = set()
     for rule in policy["spec"]["ingress"]:
-        if any(p["port"] == llm.port for p in rule["ports"]):
-            assert all("namespaceSelector" not in peer for peer in rule["from"])
-            assert all(
-                selects(peer["podSelector"]["matchLabels"], gateway) for peer in rule["from"]
-            )
+        if any(
+            "namespaceSelector" not in p and selects(p["podSelector"]["matchLabels"], peer)
+            for p in rule["from"]
+        ):
+            ports |= {named.get(p["port"], p["port"]) for p in rule["ports"]}
+    return ports
+
+
+def test_only_the_gateway_reaches_vllm_and_the_llm_pods_health(objects: Objects) -> None:
+    """The gateway reaches each llm pod on vLLM's port and the service's port (its /readyz);
+    vLLM's port, which takes requests without keys, is open to nothing else, and on no other
+    runner."""
+    found = objects.settings(LLM).llm.engine_discover
+    assert found is not None and found.health_port is not None
+    policies = objects.by_kind["NetworkPolicy"].values()
+    gateway = pod_labels(objects.deployment(GATEWAY))
+    for name, deployment in bundle_deployments(objects):
+        if name == GATEWAY:
+            continue
+        labels = pod_labels(deployment)
+        (policy,) = [p for p in policies if _selects_pod(p["spec"]["podSelector"], labels)]
+        c = container(deployment)
+        reached = allowed_ports(policy, gateway, c)
+        if name == LLM:
+            assert reached == {found.port, found.health_port}
+        else:
+            assert found.port not in reached, f"{name}: vLLM's port open where it is not served"
+        for rule in policy["spec"]["ingress"]:
+            if any(p["port"] in (found.port, "engine") for p in rule["ports"]):
+                assert all("namespaceSelector" not in peer for peer in rule["from"])
+                assert all(
+                    selects(peer["podSelector"]["matchLabels"], gateway) for peer in rule["from"]
+                )
 
 
 def start_http_server_params(args: list[str]) -> dict[str, Any]:

@@ -449,7 +449,8 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "vllm:inter_token_latency_seconds_bucket", "vllm:generation_tokens_total",
         "gateway_requests_total", "gateway_admission_queued", "gateway_requests_in_flight",
         "runner_batch_size_bucket", "gateway_breaker_state", 'result="hit"',
-        "gateway_rate_limited_total",
+        "gateway_rate_limited_total", "gateway_endpoint_requests_total",
+        "gateway_endpoint_inflight", "gateway_pick_total",
     ):  # fmt: skip
         assert needle in exprs, needle
     for quantile in ("histogram_quantile(0.5,", "histogram_quantile(0.99,"):

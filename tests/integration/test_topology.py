@@ -4,8 +4,9 @@ Deployment in deploy/kubernetes gives (what the image's entrypoint runs for thos
 request per modality through the gateway.
 
 Only what a machine is not a cluster changes: Service DNS names and port 3000 become loopback
-ports, the ConfigMap's Redis becomes a real redis-server started here, and the Secret's
-placeholder key is replaced by one this test knows.
+ports, the headless Service the gateway resolves to find the llm pods (llm.engine_discover) is a
+name that resolves to this machine's loopback, the ConfigMap's Redis becomes a real redis-server
+started here, and the Secret's placeholder key is replaced by one this test knows.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 KEY = "sk-topology-test"
 OVERLAY = ROOT / "deploy/kubernetes/cpu"
+ENGINE_DNS = "localhost"  # stands for the headless Service llm-engine: resolves to 127.0.0.1
 
 
 def rendered() -> list[dict[str, Any]]:
@@ -81,7 +83,7 @@ def host_address() -> str:
 def urls() -> Iterator[dict[str, str]]:
     docs = rendered()
     services = deployments(docs)
-    assert {"gateway", "llm", "vision", "speech"} <= set(services)
+    assert {"gateway", "llm", "vision", "speech", "embed"} <= set(services)
     llm_host = host_address()  # where the llm pod is reached, as another pod's Service is
     work = Path(tempfile.mkdtemp(prefix="topology-"))
     redis = RedisProcess().start()
@@ -90,9 +92,13 @@ def urls() -> Iterator[dict[str, str]]:
         if str(config.get(section, {}).get("storage", "")).startswith("redis://"):
             db = config[section]["storage"].rsplit("/", 1)[-1]
             config[section]["storage"] = f"{redis.url.rsplit('/', 1)[0]}/{db}"
+    ports = {name: free_port() for name in services}
     config.setdefault("llm", {})["port"] = free_port()  # vLLM's own port, inside the llm pod
-    if config["llm"].get("engine_url"):  # the llm Service's engine port: this host's, not loopback
-        config["llm"]["engine_url"] = f"http://{llm_host}:{config['llm']['port']}"
+    # The headless Service over the llm pods: a name this machine resolves, at the llm process's
+    # engine (vLLM) and service (/readyz) ports, as the pod's 8100 and 3000.
+    discover = config["llm"]["engine_discover"]
+    assert discover["port"] == 8100 and discover["health_port"] == 3000, discover
+    discover |= {"dns": ENGINE_DNS, "port": config["llm"]["port"], "health_port": ports["llm"]}
     if config.get("gateway", {}).get("grpc_port"):
         config["gateway"]["grpc_port"] = free_port()
     (work / "bundle.yaml").write_text(yaml.safe_dump(config))
@@ -101,14 +107,13 @@ def urls() -> Iterator[dict[str, str]]:
         [sys.executable, "-m", "bentoml", "get", build_bento(), "-o", "path"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    ports = {name: free_port() for name in services}
     home = isolated_home(work)
     processes = []
     for name, container in services.items():
         args = list(container["args"])
         args[args.index("--port") + 1] = str(ports[name])
         # The llm pod is reached at this host's own address, as a Service in another pod is:
-        # not loopback, so only llm.engine_url can send the gateway past its proxy.
+        # not loopback, so only llm.engine_discover can send the gateway past its proxy.
         args[args.index("--host") + 1] = "0.0.0.0" if name == "llm" else "127.0.0.1"
         for i, arg in enumerate(args):
             if i and args[i - 1] == "--depends":
@@ -138,7 +143,8 @@ def urls() -> Iterator[dict[str, str]]:
         )
     try:
         start_together(*(p.start for p in processes), aborts=[p.abort for p in processes])
-        yield {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        found = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        yield found | {"engine": f"http://127.0.0.1:{config['llm']['port']}"}
     finally:
         for process in processes:
             process.stop()
@@ -172,23 +178,51 @@ def test_each_modality_through_the_gateway_pod(gateway_url: str) -> None:
                             files={"file": ("x.wav", audio_bytes(tone(1.0, 440, 16_000), 16_000),
                                             "audio/wav")})  # fmt: skip
         models = {m["id"] for m in client.get("/v1/models").json()["data"]}
-        embed = (
-            client.post("/v1/embeddings", json={"model": "demo-embed", "input": "hi"})
-            if "demo-embed" in models
-            else None
-        )
+        embed = client.post("/v1/embeddings", json={"model": "demo-embed", "input": "hi"})
     assert chat.status_code == 200 and chat.json()["usage"]["completion_tokens"] == 4
     assert image.status_code == 200 and len(image.json()["predictions"]) == 5
     assert audio.status_code == 200 and audio.json()["duration"] == 1.0
-    assert embed is None or (embed.status_code == 200 and embed.json()["data"][0]["embedding"])
+    assert "demo-embed" in models  # deploy/kubernetes/base/embed.yaml: always deployed
+    assert embed.status_code == 200 and embed.json()["data"][0]["embedding"]
     assert json.loads(chat.text)["model"] == "demo-llm"
+
+
+def test_the_gateway_finds_the_llm_engine_by_its_dns_name(urls: dict[str, str]) -> None:
+    """llm.engine_discover (the headless Service llm-engine in the ConfigMap): the gateway
+    resolves the name, lists the engine it found on /status, ready once the llm service's
+    /readyz says so, and sends chat requests there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=urls["gateway"], headers=headers, timeout=120) as client:
+        chat = client.post(
+            "/v1/chat/completions",
+            json={"model": "demo-llm", "messages": [{"role": "user", "content": "hi"}],
+                  "max_tokens": 2},
+        )  # fmt: skip
+        status = client.get("/status")
+        metrics = client.get("/metrics")
+    assert chat.status_code == 200 and chat.json()["usage"]["completion_tokens"] == 2, chat.text
+    assert status.status_code == 200, status.text
+    (llm,) = [b for b in status.json()["backends"] if b["name"] == "llm"]
+    assert llm["ready"] and llm["target"].startswith(f"dns:{ENGINE_DNS}:"), llm
+    states = {e["endpoint"]: e["state"] for e in llm["endpoints"]}
+    assert states.get(urls["engine"]) == "ready", states
+    sent = {
+        sample.labels["endpoint"]: sample.value
+        for family in text_string_to_metric_families(metrics.text)
+        for sample in family.samples
+        if sample.name == "gateway_endpoint_requests_total" and sample.labels["backend"] == "llm"
+    }
+    assert sent.get(urls["engine"], 0) >= 1, sent
 
 
 def test_llm_streams_come_from_the_engine_port_past_the_llm_services_proxy(
     urls: dict[str, str],
 ) -> None:
-    """llm.engine_url (http://llm:8100 in the ConfigMap): the gateway reaches vLLM in its pod, so
-    the llm service's BentoML proxy counts the gateway's health checks but no completion."""
+    """llm.engine_discover (llm-engine:8100 in the ConfigMap): the gateway reaches vLLM in its
+    pod, so the llm service's BentoML proxy counts the gateway's health checks but no
+    completion."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with httpx.Client(base_url=urls["gateway"], timeout=120) as client:

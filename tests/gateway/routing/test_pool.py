@@ -210,3 +210,14 @@ async def test_a_name_that_resolves_to_nothing_is_a_503_naming_it_and_status_sti
     assert backend.status()["state"] == "closed" and not await backend.health()
     assert not await backend.model_ready("m", "")
     await backend.aclose()
+
+
+async def test_a_discovered_pool_looks_its_name_up_for_a_readiness_check() -> None:
+    """Before any request: a gateway that is not ready gets none, so readiness must look."""
+    names = Names("llm-engine", 8100, every_s=0.05)
+    object.__setattr__(names, "answer", ["10.0.0.1"])
+    pool = Pool("chat", [], picker=RoundRobin(), make=endpoint, discovery=names)
+    backend = Backend(pool=pool)
+    assert await backend.health()
+    assert [e.key for e in pool.live()] == ["http://10.0.0.1:8100"]
+    await backend.aclose()
