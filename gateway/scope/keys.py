@@ -207,6 +207,10 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--tpm", type=positive_int, help="tokens per minute, prompt + completion")
     new.add_argument("--max-parallel", type=positive_int, help="requests in flight")
     new.add_argument("--models", nargs="+", default=[], metavar="GLOB", help="allowed models")
+    new.add_argument(
+        "--max-priority", choices=["high", "normal", "low"], help="the highest class it may ask"
+    )
+    new.add_argument("--weight", type=float, help="its share against other keys of a class")
     commands.add_parser("hash", help="read a key from stdin and print its sha256")
     return parser
 
@@ -225,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fields: dict[str, Any] = {"name": args.name, "sha256": digest(key)}
     if args.models:
         fields["models"] = args.models
-    for field in ("rpm", "tpm", "max_parallel"):
+    for field in ("rpm", "tpm", "max_parallel", "max_priority", "weight"):
         if getattr(args, field) is not None:
             fields[field] = getattr(args, field)
     try:

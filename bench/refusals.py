@@ -1,0 +1,144 @@
+"""How fast the gateway refuses while the real bundled engine is saturated, by engine niceness.
+
+    .venv/bin/python -m bench.refusals                      # 45 s per variant, nice 0 and 10
+    .venv/bin/python -m bench.refusals --seconds 10 --nice 0 --rate 50   # a smoke run
+
+For each `llm.nice` value it serves the bundle (`bentoml serve` of a Bento built from this
+checkout) with `admission: {llm: {max_inflight: 2, max_queue: 2}}`, keeps the engine saturated
+with four 900-token streams at all times (two generating, two queued), and meanwhile sends chat
+requests at `--rate` per second (open loop), each refused at once with a 503 because the queue is
+full. The refusals' server-side latency is read from the gateway's own access log (`latency_ms`),
+the client's from its clock. A refusal that takes a second defeats its purpose: the goal is p99.9
+under 100 ms server-side with 2,000 refusals or more.
+
+Where a stall comes from is what the variants tell apart: with the engine's processes at a lower
+CPU priority (`llm.nice`) the kernel runs the gateway first whenever both want a core, so if
+refusals are quick there and slow at nice 0, the stall was CPU starvation by the engine's
+busy-polling threads (not a collection, which tune_gc bounds, nor our code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from bench.gateway import percentile
+from tests.servers.bundle import ROOT, build_bento, bundle_process
+from tests.servers.process import ServerProcess, free_port
+
+LONG = {"model": "demo-llm", "messages": [{"role": "user", "content": "Tell a long story."}],
+        "max_tokens": 900, "ignore_eos": True, "stream": True}  # fmt: skip
+KNOCK = {"model": "demo-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def config(nice: int) -> dict[str, Any]:
+    settings = yaml.safe_load((ROOT / "bundle.yaml").read_text())
+    settings["llm"].update(port=free_port(), nice=nice)
+    settings.setdefault("gateway", {})["grpc_port"] = None
+    settings["admission"] = {"llm": {"max_inflight": 2, "max_queue": 2, "queue_timeout_s": 600}}
+    return dict(settings)
+
+
+async def saturate(url: str, stop: asyncio.Event) -> int:
+    """Keep one long stream going until stopped; the streams it completed."""
+    done = 0
+    async with httpx.AsyncClient(timeout=600) as client:
+        while not stop.is_set():
+            async with client.stream("POST", f"{url}/v1/chat/completions", json=LONG) as r:
+                async for _ in r.aiter_raw():
+                    if stop.is_set():
+                        break
+            done += 1
+    return done
+
+
+async def knock(url: str, rate: float, seconds: float) -> tuple[list[float], dict[int, int]]:
+    """Requests at `rate`/s for `seconds`: client latencies of the refusals, statuses seen."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as client:
+
+        async def one() -> None:
+            started = time.perf_counter()
+            r = await client.post(f"{url}/v1/chat/completions", json=KNOCK)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            if r.status_code == 503:
+                latencies.append(time.perf_counter() - started)
+
+        tasks, start = [], time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return latencies, statuses
+
+
+async def measure(url: str, rate: float, seconds: float) -> tuple[list[float], dict[int, int]]:
+    stop = asyncio.Event()
+    busy = [asyncio.create_task(saturate(url, stop)) for _ in range(4)]
+    await asyncio.sleep(5)  # the engine generating, the queue full
+    try:
+        return await knock(url, rate, seconds)
+    finally:
+        stop.set()
+        await asyncio.gather(*busy, return_exceptions=True)
+
+
+def server_refusals(bundle: ServerProcess) -> list[float]:
+    """`latency_ms` of the 503s on chat in the gateway's access log, in seconds."""
+    out = []
+    for line in bundle.log_path.read_text(errors="replace").splitlines():
+        if not line.startswith("{") or '"status":503' not in line:
+            continue
+        record = json.loads(line)
+        if record.get("path") == "/v1/chat/completions":
+            out.append(record["latency_ms"] / 1000)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.refusals", description=__doc__)
+    parser.add_argument("--nice", type=int, nargs="+", default=[0, 10])
+    parser.add_argument("--seconds", type=float, default=45.0)
+    parser.add_argument("--rate", type=float, default=60.0, help="refused requests per second")
+    args = parser.parse_args()
+    target = build_bento()
+    rows = []
+    for nice in args.nice:
+        directory = Path(tempfile.mkdtemp(prefix="bench-refusals-"))
+        path = directory / "bundle.yaml"
+        path.write_text(yaml.safe_dump(config(nice)))
+        bundle = bundle_process(target=target, env={"BUNDLE_CONFIG": str(path)}).start()
+        try:
+            client, statuses = asyncio.run(measure(bundle.url, args.rate, args.seconds))
+            server = server_refusals(bundle)
+        finally:
+            bundle.stop()
+        rows.append((nice, server, client, statuses))
+        print(f"  nice {nice}: {len(server)} refusals logged, statuses {statuses}", flush=True)
+
+    print(f"\nRefusals while the engine is saturated: {args.rate:g}/s for {args.seconds:g} s, "
+          "admission llm max_inflight 2, max_queue 2, four 900-token streams held; "
+          "server = the access log's latency_ms\n")  # fmt: skip
+    print("| llm.nice | refusals | server p50 ms | p99 | p99.9 | max | client p99.9 ms | goal |")
+    print("|---|---|---|---|---|---|---|---|")
+    for nice, server, client, _ in rows:
+        p999 = percentile(server, 0.999) * 1000
+        print(f"| {nice} | {len(server)} | {statistics.median(server) * 1000:.1f} | "
+              f"{percentile(server, 0.99) * 1000:.1f} | {p999:.1f} | {max(server) * 1000:.1f} | "
+              f"{percentile(client, 0.999) * 1000:.1f} | "
+              f"{'met' if p999 < 100 and len(server) >= 2000 else 'not met'} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
