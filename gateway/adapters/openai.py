@@ -24,6 +24,7 @@ from gateway.errors import (
 )
 
 VLLM_PRIORITY = {"high": -1, "normal": 0, "low": 1}  # vLLM: lower is handled earlier
+SERVICE_TIER = {"high": "priority", "normal": "default", "low": "flex"}  # OpenAI's names
 
 PATHS = {
     "chat": "/v1/chat/completions",
@@ -128,6 +129,8 @@ class OpenAIAdapter:
 
     def _body(self, request: InferRequest, *, stream: bool) -> dict[str, object]:
         body = {**request.payload, "model": request.model, "stream": stream}
+        if "service_tier" in body:  # the tier the gateway granted (a key's ceiling caps it)
+            body["service_tier"] = SERVICE_TIER[request.priority]
         if self._send_priority:
             body["priority"] = VLLM_PRIORITY[request.priority]
         return body

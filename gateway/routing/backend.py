@@ -112,20 +112,21 @@ class Backend:
 
     async def open_stream(self, request: InferRequest) -> OpenedStream:
         """The stream once its first chunk has come; its `aclose()` frees its slot."""
-        await self.admission.acquire(ticket(request))
+        admitted = ticket(request)
+        await self.admission.acquire(admitted)
         try:
             endpoint, _, opened = await self._attempts(
                 request, lambda a: OpenedStream.open(a.stream(request))
             )
         except BaseException:
-            self.admission.release()
+            self.admission.release(admitted)
             raise
         if request.task == "responses" and opened.first is not None:
             self.pool.picker.answered(endpoint, request, {"id": response_id_in(opened.first)})
 
         def done() -> None:
             endpoint.finished()
-            self.admission.release()
+            self.admission.release(admitted)
 
         return opened.on_close(done)
 

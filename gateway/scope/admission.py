@@ -10,9 +10,10 @@ times its per-endpoint `max_inflight`), at most `max_queue` waiting for at most
 Who gets a slot that frees (`policy: fair`, the default):
 
 - **Classes.** `high` before `normal` before `low` (a request's class: gateway/scope/context.py).
-  A waiter is promoted one class for every `promote_after_s` it has waited, so `low` is never
-  starved for ever. A `high` or `normal` request that finds the queue full takes the place of the
-  newest queued request of a lower class, which is refused (503 `overloaded_error`, "preempted").
+  A waiter moves ahead one class for every `promote_after_s` it has waited, up to `normal`, so
+  `low` is never starved for ever (its place in the order changes, not what it may take). A
+  `high` or `normal` request that finds the queue full takes the place of the newest queued
+  request of a lower class, which is refused (503 `overloaded_error`, "preempted").
 - **Fair across keys within a class, by tokens**: a virtual token counter per key (VTC, as in
   AIBrix and "Fairness in Serving Large Language Models", OSDI '24): each admitted request adds
   its estimated tokens divided by the key's `weight` to its key's counter, and the waiting key with
@@ -21,9 +22,14 @@ Who gets a slot that frees (`policy: fair`, the default):
   quantum to tune and charges a request once, by its size, whatever order requests arrive in; the
   cost is an estimate (prompt characters / 4 + `max_tokens`), since the real count is known only
   after the slot is given.
-- **Work-conserving but for one share**: `reserved_fraction` of the slots (at least one when there
-  are two or more) is never taken by a `low` request, so a `normal` one finds a slot soon even while
-  a flood of long `low` requests holds the rest.
+- **Work-conserving, and a reserve above it**: `low` requests may take every one of the
+  `max_inflight` slots. While they hold some, `high` and `normal` requests may go over
+  `max_inflight` by up to `reserved_fraction` of it (at least one slot), never by more than the
+  slots `low` holds: a `normal` request finds a slot at once even while a flood of long `low`
+  requests holds them all, and the engine's own priority scheduling (the bundled vLLM's
+  `--scheduling-policy priority`, which gets the class) serves it first. A stream cannot be taken
+  back once it runs, so a reserve carved out of `max_inflight` could only trade the flood's
+  throughput against the interactive requests' waits; lent on top, it costs neither.
 
 `policy: fifo` is one queue in arrival order (what the gateway did before priorities).
 Counts are per gateway worker process, like the backend's client and breaker.
@@ -132,6 +138,7 @@ class Admission:
         self.reserved_fraction = reserved_fraction
         self.promote_after_s = promote_after_s
         self.inflight = 0
+        self.low_inflight = 0  # the slots `low` requests hold
         self._clock = clock
         self._waiters: list[_Waiter] = []
         self._served: dict[str, float] = {}  # the virtual token counter of each key
@@ -150,7 +157,7 @@ class Admission:
 
     @property
     def reserved(self) -> int:
-        """Slots a `low` request never takes."""
+        """Slots above `max_inflight` lent to `high` and `normal` while `low` holds slots."""
         if self.policy == "fifo" or self.reserved_fraction <= 0 or self.max_inflight < 2:
             return 0
         return max(1, math.floor(self.max_inflight * self.reserved_fraction))
@@ -161,7 +168,7 @@ class Admission:
         try:
             yield
         finally:
-            self.release()
+            self.release(ticket)
 
     async def acquire(self, ticket: Ticket = ANONYMOUS) -> None:
         """Wait for a slot (each `acquire` needs one `release`), or BackendOverloaded."""
@@ -184,7 +191,7 @@ class Admission:
             if waiter.future.done() and not waiter.future.cancelled():  # handed a slot as it
                 if isinstance(exc, TimeoutError):  # gave up: just in time, use it
                     return
-                self.release()
+                self.release(ticket)
                 raise
             self._dequeue(waiter)
             if isinstance(exc, TimeoutError):
@@ -195,8 +202,11 @@ class Admission:
                 ) from None
             raise
 
-    def release(self) -> None:
+    def release(self, ticket: Ticket = ANONYMOUS) -> None:
+        """Give back the slot `acquire(ticket)` took."""
         self.inflight -= 1
+        if self._is_low(ticket):
+            self.low_inflight -= 1
         self._inflight_gauge.dec()
         self._dispatch()
 
@@ -208,15 +218,20 @@ class Admission:
     # -- who goes next ------------------------------------------------------------------------
 
     def _fits(self, rank: int) -> bool:
+        """A slot for a request of class `rank` (its own, not its promoted one)."""
         if rank >= LOW:
-            return self.inflight < self.max_inflight - self.reserved
-        return self.inflight < self.max_inflight
+            return self.inflight < self.max_inflight
+        lent = min(self.reserved, self.low_inflight)
+        return self.inflight < self.max_inflight + lent
+
+    def _is_low(self, ticket: Ticket) -> bool:
+        return self.policy == "fair" and ticket.priority == "low"
 
     def _dispatch(self) -> None:
-        while self._waiters and self.inflight < self.max_inflight:
+        while self._waiters:
             waiter = self._next()
             if waiter is None:
-                return  # only low requests wait, and the free slots are the reserved ones
+                return  # no waiter fits a free slot
             self._dequeue(waiter)
             if not waiter.future.done():
                 self._admit(waiter.ticket, waiter.arrived)
@@ -229,20 +244,24 @@ class Admission:
         best: _Waiter | None = None
         best_order: tuple[int, float, float] = (99, 0.0, 0.0)
         for waiter in self._waiters:
-            rank = self._rank_now(waiter, now)
-            if not self._fits(rank):
+            if not self._fits(waiter.rank):
                 continue
-            order = (rank, self._served.get(waiter.ticket.key, 0.0), waiter.arrived)
+            order = (self._rank_now(waiter, now), self._served.get(waiter.ticket.key, 0.0),
+                     waiter.arrived)  # fmt: skip
             if best is None or order < best_order:
                 best, best_order = waiter, order
         return best
 
     def _rank_now(self, waiter: _Waiter, now: float) -> int:
-        """Its class, promoted once for every `promote_after_s` it has waited."""
-        return max(0, waiter.rank - int((now - waiter.arrived) / self.promote_after_s))
+        """Its place in the order: its class, moved ahead once for every `promote_after_s` it
+        has waited, up to `normal` (a promoted request never passes an asked-for `high`)."""
+        promoted = waiter.rank - int((now - waiter.arrived) / self.promote_after_s)
+        return max(min(waiter.rank, RANKS["normal"]), promoted)
 
     def _admit(self, ticket: Ticket, arrived: float) -> None:
         self.inflight += 1
+        if self._is_low(ticket):
+            self.low_inflight += 1
         self._inflight_gauge.inc()
         if self.policy == "fair":
             self._served[ticket.key] = (

@@ -60,7 +60,7 @@ class RequestContext:
     def key_name(self) -> str | None:
         return self.key.name if self.key else None
 
-    def ask_priority(self, asked: object) -> None:
+    def ask_priority(self, asked: object, *, param: str = "service_tier") -> None:
         """Take the class a request asks for (`service_tier` or `X-Priority`), capped by its
         key's `max_priority` (with auth off, as asked); an unknown value is a 400."""
         if asked is None:
@@ -70,7 +70,7 @@ class RequestContext:
             raise InvalidRequest(
                 f"Unknown priority {asked!r}: service_tier is one of auto, default, flex, scale, "
                 "priority; X-Priority one of high, normal, low.",
-                param="service_tier",
+                param=param,
             )
         ceiling = self.key.max_priority if self.key else "high"
         self.priority = wanted if RANK[wanted] >= RANK[ceiling] else ceiling

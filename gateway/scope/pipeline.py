@@ -103,7 +103,7 @@ class Call:
             if drain.draining and drain.refuse_new:
                 raise Draining(drain.retry_after_s)
             self.ctx.key = self.parts.keys.authenticate(token_from_headers(self._headers))
-            self.ctx.ask_priority(self._headers.get("x-priority"))
+            self.ctx.ask_priority(self._headers.get("x-priority"), param="X-Priority")
             if self.ctx.key is not None:
                 self.lease = await self.parts.limiter.admit(self.ctx.key)
         except BaseException as exc:

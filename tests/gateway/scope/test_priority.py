@@ -83,16 +83,31 @@ async def test_higher_classes_go_first_and_arrival_order_within_a_class() -> Non
     await h.close()
 
 
-async def test_low_never_takes_the_reserved_slots_and_normal_does() -> None:
-    adm = admission(inflight=10)  # reserved_fraction 0.1: one slot
+async def test_low_may_fill_every_slot_and_normal_borrows_the_reserve_above_it() -> None:
+    adm = admission(inflight=10)  # reserved_fraction 0.1: one slot above the ten
     h = Holders(adm)
-    for i in range(10):
+    for i in range(11):
         h.start(f"low-{i}", Ticket(priority="low"))
     await settle()
-    assert adm.inflight == 9 and adm.queued == 1  # the tenth low waits though a slot is free
+    assert adm.inflight == 10 and adm.queued == 1  # work-conserving: low takes all ten
     h.start("normal", Ticket())
     await settle()
-    assert h.order[-1] == "normal" and adm.inflight == 10
+    assert h.order[-1] == "normal" and adm.inflight == 11  # lent the reserve, at once
+    h.start("normal-2", Ticket())
+    await settle()
+    assert adm.queued == 2  # the reserve is one slot: the next normal waits
+    await h.release("low-0")
+    assert h.order[-1] == "normal-2"  # a freed slot goes to the higher class first
+    await h.close()
+
+
+async def test_no_reserve_is_lent_while_no_low_request_holds_a_slot() -> None:
+    adm = admission(inflight=2)
+    h = Holders(adm)
+    for name in ("a", "b", "c"):
+        h.start(name, Ticket())
+    await settle()
+    assert adm.inflight == 2 and adm.queued == 1
     await h.close()
 
 
@@ -116,18 +131,20 @@ async def test_a_full_queue_preempts_its_newest_lower_request_for_a_higher_one()
     await h.close()
 
 
-async def test_a_waiting_low_request_is_promoted_so_it_is_never_starved() -> None:
+async def test_a_waiting_low_request_moves_ahead_so_it_is_never_starved() -> None:
     clock = Clock()
     h = Holders(admission(inflight=1, promote_after_s=10, clock=clock))
     h.start("running", Ticket())
     await settle()
     h.start("old-low", Ticket(priority="low"))
     await settle()
-    clock.now = 25  # two promotions: it now counts as high
+    clock.now = 25  # promoted twice, but no further than normal: a high one still goes first
     h.start("new-normal", Ticket())
+    h.start("new-high", Ticket(priority="high"))
     await settle()
     await h.release("running")
-    assert h.order == ["running", "old-low"]
+    await h.release("new-high")
+    assert h.order == ["running", "new-high", "old-low"]  # older than new-normal
     await h.close()
 
 
