@@ -169,7 +169,7 @@ def pick_cost(picks: int = 20_000) -> None:
 
     class Replica:
         def __init__(self, key: str) -> None:
-            self.key, self.inflight, self.waiting, self.pending_blocks = key, 0, 0, 0.0
+            self.key, self.inflight, self.others, self.pending_blocks = key, 0, 0, 0.0
 
     goals = {4_096: 30.0, 32_768: 100.0}
     print(f"\nPicking one endpoint: CPU us per request ({picks:,} picks each, 64 tenants sent "

@@ -5,11 +5,15 @@
     picker.sent(choice, request)                 # record what the chosen endpoint now holds
 
 A candidate is anything with the `Load` fields: the gateway's own requests in flight to it
-(always fresh), the engine's waiting queue read from its /metrics (seconds old at most), and the
-prompt blocks the gateway sent it that the engine has not started answering yet.
+(always fresh), the requests others (other gateway workers and replicas, other clients) have on
+the engine, read from its /metrics (its running + waiting less this worker's in flight then;
+seconds old at most), and the prompt blocks the gateway sent it that the engine has not started
+answering yet.
 
 - `round_robin`: each eligible endpoint in turn.
-- `least_load`: fewest (in flight + engine waiting); ties at random.
+- `least_load`: fewest requests on the engine (this worker's in flight + others'); ties at random.
+  (In flight plus the engine's raw waiting count would count this worker's queued requests twice,
+  once of them stale.)
 - `prefix`: approximate prefix-cache affinity, as the Gateway API Inference Extension's prefix
   plugin and SGLang's cache-aware router do. The prompt (chat messages in order, or the
   completion prompt) is hashed in blocks of `BLOCK_CHARS` characters as a hash chain; each
@@ -57,7 +61,7 @@ RESPONSES_KEPT = 10_000  # previous_response_id -> endpoint, most recent
 class Load(Protocol):
     key: str  # the endpoint's address
     inflight: int  # the gateway's requests to it now (this worker's)
-    waiting: int  # the engine's own queue, from its /metrics; 0 when unknown
+    others: int  # requests on the engine that are not this worker's, from its /metrics
     pending_blocks: float  # prompt blocks sent and not yet answered with a first byte
 
 
@@ -119,7 +123,7 @@ class LeastLoad(_Stateless):
 
 
 def load_of(endpoint: Load) -> int:
-    return endpoint.inflight + endpoint.waiting
+    return endpoint.inflight + endpoint.others
 
 
 def least_loaded(candidates: Sequence[Load], rng: random.Random) -> Load:

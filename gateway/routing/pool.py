@@ -82,6 +82,7 @@ class Endpoint:
         self.inflight = 0
         self.pending_blocks = 0.0
         self.waiting = 0
+        self.others = 0  # requests on the engine that are not this worker's (at the last read)
         self.running = 0
         self.kv_usage: float | None = None
         self.load_read_at: float | None = None
@@ -132,6 +133,7 @@ class Endpoint:
         load = parse_load(text)
         self.waiting = int(load.get("waiting", 0))
         self.running = int(load.get("running", 0))
+        self.others = max(0, self.waiting + self.running - self.inflight)
         self.kv_usage = load.get("kv_usage")
         self.load_read_at = time.monotonic()
 

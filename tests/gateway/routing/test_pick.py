@@ -28,7 +28,7 @@ from gateway.scope.context import RequestContext
 class Replica:
     key: str
     inflight: int = 0
-    waiting: int = 0
+    others: int = 0
     pending_blocks: float = 0.0
 
 
@@ -93,14 +93,14 @@ def test_affinity_gives_way_when_the_warm_replica_is_queued_up() -> None:
 
 def test_a_short_prompt_is_least_load() -> None:
     fleet = replicas(3)
-    fleet[0].inflight, fleet[1].waiting = 2, 1
+    fleet[0].inflight, fleet[1].others = 2, 1
     choice = PrefixAffinity(random.Random(0)).pick(fleet, chat("s", "u"))
     assert choice.endpoint is fleet[2] and choice.reason == "least_load"
 
 
 def test_least_load_counts_the_engines_queue_and_round_robin_cycles() -> None:
     fleet = replicas(3)
-    fleet[0].inflight, fleet[1].waiting, fleet[2].inflight = 1, 3, 2
+    fleet[0].inflight, fleet[1].others, fleet[2].inflight = 1, 3, 2
     assert LeastLoad(random.Random(0)).pick(fleet, chat("s")).endpoint is fleet[0]
     rr = RoundRobin()
     assert [rr.pick(fleet, chat("s")).endpoint for _ in range(4)] == [*fleet, fleet[0]]

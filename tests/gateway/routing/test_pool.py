@@ -171,6 +171,7 @@ async def test_engine_load_read_from_metrics_steers_least_load() -> None:
                 picker=LeastLoad(random.Random(0)))  # fmt: skip
     await pool.refresh()
     assert pool.endpoints[0].waiting == 3 and pool.endpoints[0].running == 5
+    assert pool.endpoints[0].others == 8  # none of them this worker's
     assert (await Backend(pool=pool).predict(request())).body == "idle"
     status = pool.status()[0]
     assert status["waiting"] == 3 and status["kv_cache_usage"] == 0.25
