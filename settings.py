@@ -389,7 +389,8 @@ class AdmissionSettings(_Section):
     queue_timeout_s: float = Field(30.0, gt=0)
     # fair: classes first (high, normal, low), then keys by tokens served; fifo: arrival order
     policy: Literal["fair", "fifo"] = "fair"
-    reserved_fraction: float = Field(0.1, ge=0, lt=1)  # of the slots, never taken by `low`
+    # of max_inflight, lent on top to high and normal while low holds slots (admission.py)
+    reserved_fraction: float = Field(0.5, ge=0, le=1)
     promote_after_s: float = Field(10.0, gt=0)  # a waiter moves up one class this often
 
 

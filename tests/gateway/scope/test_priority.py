@@ -84,7 +84,7 @@ async def test_higher_classes_go_first_and_arrival_order_within_a_class() -> Non
 
 
 async def test_low_may_fill_every_slot_and_normal_borrows_the_reserve_above_it() -> None:
-    adm = admission(inflight=10)  # reserved_fraction 0.1: one slot above the ten
+    adm = admission(inflight=10, reserved_fraction=0.1)  # one slot above the ten
     h = Holders(adm)
     for i in range(11):
         h.start(f"low-{i}", Ticket(priority="low"))
@@ -186,14 +186,16 @@ async def test_a_keys_weight_is_its_share() -> None:
     assert 0.62 <= shares["heavy"] <= 0.71, shares  # two thirds
 
 
-async def test_fifo_is_arrival_order_whatever_the_class() -> None:
-    h = Holders(admission(inflight=1, policy="fifo"))
+async def test_fifo_is_arrival_order_whatever_the_class_and_holds_the_limit() -> None:
+    adm = admission(inflight=1, policy="fifo")
+    h = Holders(adm)
     h.start("first", Ticket())
     await settle()
     h.start("low", Ticket(priority="low"))
     h.start("high", Ticket(priority="high"))
     await settle()
     await h.release("first")
+    assert adm.inflight == 1 and adm.queued == 1
     await h.release("low")
     assert h.order == ["first", "low", "high"]
     await h.close()
