@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -124,3 +125,12 @@ def test_with_drain_wait_the_engine_stops_after_the_wait_anyway(tmp_path: Path) 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0 and wait_gone(child)
     assert 1.4 <= time.monotonic() - started < 10
+
+
+def test_the_child_runs_at_the_niceness_it_was_given(tmp_path: Path) -> None:
+    """llm.nice: the engine yields the cores to the gateway on one host (no privilege needed)."""
+    out = tmp_path / "nice"
+    script = f"import os; open({str(out)!r}, 'w').write(str(os.nice(0)))"
+    sup = Supervisor([sys.executable, "-c", script], max_restarts=0, nice=7)
+    sup.run()
+    assert int(out.read_text()) == os.nice(0) + 7
