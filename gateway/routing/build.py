@@ -57,14 +57,8 @@ def build_router(
     backends: dict[str, Backend] = {}
     for name, adapter in bundled.items():
         settings = routing.backends.get(name) or RunnerBackend(kind="runner")
-        if isinstance(adapter, PoolSpec):
-            backends[name] = pool_backend(
-                name, adapter, settings, admission=limits.get(name), clock=clock
-            )
-        else:
-            backends[name] = make_backend(
-                adapter, settings, target="bundled", admission=limits.get(name), clock=clock
-            )
+        spec = adapter if isinstance(adapter, PoolSpec) else one_endpoint(adapter, "bundled")
+        backends[name] = pool_backend(name, spec, settings, admission=limits.get(name), clock=clock)
     for name, settings in routing.backends.items():
         if isinstance(settings, OpenAIBackend | TritonBackend):
             backends[name] = pool_backend(
@@ -86,6 +80,11 @@ class PoolSpec:
     discover: Discover | None = None
     scheme: str = "http"  # of discovered addresses; "": host:port (Triton)
     load_every_s: float = 1.0
+
+
+def one_endpoint(adapter: InferenceAdapter, target: str) -> PoolSpec:
+    """A pool of one endpoint: an adapter made already (a bundled runner's)."""
+    return PoolSpec((target,), lambda _address: adapter, "least_load", target)
 
 
 def remote_pool(name: str, settings: OpenAIBackend | TritonBackend) -> PoolSpec:
@@ -187,31 +186,4 @@ def pool_backend(
         retries=settings.retries,
         backoff_s=settings.backoff_s,
         admission=queue,
-    )
-
-
-def make_backend(
-    adapter: InferenceAdapter,
-    settings: BackendSettings,
-    *,
-    target: str,
-    admission: AdmissionSettings | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> Backend:
-    metrics = BackendMetrics(adapter.name)
-    limits = admission or AdmissionSettings()
-    breaker = CircuitBreaker(
-        **settings.breaker.model_dump(), clock=clock, listener=metrics.transition
-    )
-    return Backend(
-        adapter,
-        breaker=breaker,
-        metrics=metrics,
-        kind=settings.kind,
-        target=target,
-        required=settings.required,
-        timeout_s=settings.timeout_s,
-        retries=settings.retries,
-        backoff_s=settings.backoff_s,
-        admission=Admission(adapter.name, **limits.model_dump()),
     )
