@@ -10,6 +10,7 @@ the conversation here is several hundred tokens.
 from __future__ import annotations
 
 import concurrent.futures
+import time
 
 import httpx
 import pytest
@@ -41,6 +42,20 @@ def sent_to(stack: RoutingStack, backend: str) -> dict[str, float]:
         )
         for who, url in engines(stack).items()
     }
+
+
+def engine_load(url: str) -> float:
+    return sum(metric_value(url, f"vllm:num_requests_{state}") for state in ("running", "waiting"))
+
+
+def wait_until_idle(stack: RoutingStack, within_s: float = 120.0) -> None:
+    """Until neither engine holds a request (an earlier test's stream may still be generating on
+    the bundle's engine), and the pool has read that (it reads loads every 0.5 s)."""
+    deadline = time.monotonic() + within_s
+    while (loads := {w: engine_load(u) for w, u in engines(stack).items()}) and any(loads.values()):
+        assert time.monotonic() < deadline, f"the engines stayed busy: {loads}"
+        time.sleep(0.5)
+    time.sleep(1.5)
 
 
 def chat(stack: RoutingStack, model: str, max_tokens: int = 4) -> httpx.Response:
@@ -77,8 +92,10 @@ def test_concurrent_requests_spread_under_least_load(routing_stack: RoutingStack
     """Eight streams long enough to be generating together: each pick sees the ones before it
     in flight, so they alternate. (A short stream is relayed to its end at once, whether or not
     its client reads: requests one after another each find both engines idle, and an engine
-    slower to answer rightly gets fewer of them.)"""
+    slower to answer rightly gets fewer of them.) Both engines idle first: least_load rightly
+    sends fewer to an engine still busy with an earlier test's requests."""
     stack = routing_stack
+    wait_until_idle(stack)
     before = sent_to(stack, "engines-ll")
     body = {"model": "pool-llm-ll", "messages": [{"role": "user", "content": "A long story."}],
             "max_tokens": 300, "ignore_eos": True, "stream": True}  # fmt: skip

@@ -133,7 +133,14 @@ def test_a_pool_goes_on_on_the_other_engine_once_one_stopped(stack: RoutingStack
                 timeout=120,
             )
             assert r.status_code == 200, r.text
-    backends = httpx.get(f"{stack.url}/status").json()["backends"]
-    pool = next(b for b in backends if b["name"] == "engines")
-    states = {e["endpoint"]: e["state"] for e in pool["endpoints"]}
+    # The requests may all have gone to the live engine (none failed on the stopped one): then its
+    # health checks find it down, two in a row (CHECKS_TO_FAIL) every 2 s, each at most 5 s.
+    deadline = time.monotonic() + 20
+    while True:
+        backends = httpx.get(f"{stack.url}/status").json()["backends"]
+        pool = next(b for b in backends if b["name"] == "engines")
+        states = {e["endpoint"]: e["state"] for e in pool["endpoints"]}
+        if states[stack.vllm.url] == "unready" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert states[stack.vllm.url] == "unready", states
