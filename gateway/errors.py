@@ -2,10 +2,12 @@
 
 Routes, adapters and the request pipeline raise these; `render` turns one into a response in the
 protocol's own shape: OpenAI's on /v1 (and the operational routes), KServe's on /v2. Every 503
-carries Retry-After.
+carries Retry-After. Every error has a string `code` (OpenAI's `code` is a string or null): its
+own, or its class's.
 
     GatewayError                 500
     ├── InvalidRequest           400  (PayloadTooLarge 413, UnsupportedMediaType 415)
+    │   └── WrongEndpoint        400  the model exists, at another endpoint
     ├── Unauthorized             401  missing or unknown API key
     ├── PermissionDenied         403  the key may not use this model
     ├── RateLimited              429  with Retry-After and x-ratelimit-* headers
@@ -30,6 +32,7 @@ from starlette.responses import JSONResponse
 class GatewayError(Exception):
     status: int = HTTPStatus.INTERNAL_SERVER_ERROR.value
     type: str = "internal_error"
+    default_code: str = "internal_error"  # `code` when the raiser gives none
 
     def __init__(
         self,
@@ -45,21 +48,37 @@ class GatewayError(Exception):
             self.status = status
         self.message = message
         self.param = param
-        self.code = code
+        self.code = code or self.default_code
         self.headers = headers or {}
 
 
 class InvalidRequest(GatewayError):
     status = HTTPStatus.BAD_REQUEST.value
     type = "invalid_request_error"
+    default_code = "invalid_request"
 
 
 class PayloadTooLarge(InvalidRequest):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value
+    default_code = "payload_too_large"
 
 
 class UnsupportedMediaType(InvalidRequest):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE.value
+    default_code = "unsupported_media_type"
+
+
+class WrongEndpoint(InvalidRequest):
+    """The model exists but serves another kind of request: a 400, not a 404, because the
+    request is what is wrong (a client that reads 404 as "that model is gone" would be misled)."""
+
+    def __init__(self, model: str, kind: str, served_at: str, path: str) -> None:
+        super().__init__(
+            f"The model '{model}' is of kind '{kind}', served on {served_at}; "
+            f"{path} does not serve it.",
+            param="model",
+            code="wrong_endpoint",
+        )
 
 
 class Unauthorized(GatewayError):
@@ -154,6 +173,7 @@ class BackendError(GatewayError):
 
     status = HTTPStatus.BAD_GATEWAY.value
     type = "backend_error"
+    default_code = "backend_error"
 
     def __init__(self, backend: str, detail: str, **kwargs: Any) -> None:
         super().__init__(f"Backend '{backend}' failed: {detail}", **kwargs)
@@ -165,6 +185,7 @@ class BackendUnavailable(BackendError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE.value
     type = "service_unavailable"
+    default_code = "backend_unavailable"
 
     def __init__(self, backend: str, detail: str, **kwargs: Any) -> None:
         GatewayError.__init__(self, f"Backend '{backend}' is unavailable: {detail}", **kwargs)
@@ -186,6 +207,7 @@ class BreakerOpen(BackendUnavailable):
 class BackendTimeout(BackendError):
     status = HTTPStatus.GATEWAY_TIMEOUT.value
     type = "timeout"
+    default_code = "backend_timeout"
 
     def __init__(self, backend: str, timeout_s: float, **kwargs: Any) -> None:
         GatewayError.__init__(
@@ -200,7 +222,7 @@ def openai_error_body(err: GatewayError) -> dict[str, Any]:
             "message": err.message,
             "type": err.type,
             "param": err.param,
-            "code": err.code or int(err.status),
+            "code": err.code,
         }
     }
 

@@ -33,7 +33,7 @@ OPENAI_ERROR = {
                 "message": {"type": "string"},
                 "type": {"type": "string"},
                 "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "integer", "null"]},
+                "code": {"type": "string"},
             },
         }
     },

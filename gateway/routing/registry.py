@@ -27,6 +27,15 @@ from settings import ModelSettings, RoutingSettings, Settings, SettingsError
 Kind = Literal["llm", "image", "speech", "tensor", "embedding"]
 
 BACKEND_KINDS: dict[str, Kind] = {"openai": "llm", "triton": "tensor"}
+# Where each kind of model is served, for the error a model sent to the wrong endpoint gets.
+SERVED_AT: dict[Kind, str] = {
+    "llm": "/v1/chat/completions, /v1/completions and /v1/responses",
+    "image": "/v1/images/classifications and KServe V2 (/v2/models/{name}/infer, gRPC)",
+    "speech": "/v1/audio/transcriptions, /v1/audio/translations and KServe V2 "
+    "(/v2/models/{name}/infer, gRPC)",
+    "tensor": "KServe V2 (/v2/models/{name}/infer, gRPC)",
+    "embedding": "/v1/embeddings",
+}
 RUNNER_KINDS: dict[str, Kind] = {LLM: "llm", VISION: "image", SPEECH: "speech", EMBED: "embedding"}
 
 

@@ -25,10 +25,10 @@ from gateway.adapters.base import (
     OpenedStream,
     Task,
 )
-from gateway.errors import BackendError, InvalidRequest, ModelNotFound
+from gateway.errors import BackendError, InvalidRequest, ModelNotFound, WrongEndpoint
 from gateway.routing.backend import Backend
 from gateway.routing.metrics import fallback_used
-from gateway.routing.registry import Kind, Registry, Route
+from gateway.routing.registry import SERVED_AT, Kind, Registry, Route
 from gateway.scope.cache import ResponseCache
 from gateway.scope.context import RequestContext
 from gateway.scope.keys import check_model
@@ -67,7 +67,8 @@ class Router:
         caller: str | None = None,
     ) -> Route:
         """The route for `model`, or a 4xx: 404 listing the models this endpoint serves (those
-        the caller's key may use), 403 for a model the key may not use.
+        the caller's key may use), 400 naming the endpoint of a model of another kind, 403 for a
+        model the key may not use.
 
         With `ctx`, its caller picks a split's variant and its API key is checked; the public
         model name is recorded on it."""
@@ -75,7 +76,11 @@ class Router:
         key = ctx.key if ctx else None
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' is required and must be a string", param="model")
-        if self.registry.kind_of(model) not in kinds:
+        kind = self.registry.kind_of(model)
+        if kind not in kinds:
+            if kind is not None and (key is None or key.allows(model)):
+                served_at = SERVED_AT.get(kind, "another endpoint").replace("{name}", model)
+                raise WrongEndpoint(model, kind, served_at, ctx.path if ctx else "this endpoint")
             names = self.registry.names(kinds)
             raise ModelNotFound(model, [n for n in names if key is None or key.allows(n)])
         check_model(key, model)

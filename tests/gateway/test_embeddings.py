@@ -30,6 +30,7 @@ from tests.gateway.fake_runners import (
     fake_ids,
     fake_vector,
 )
+from tests.gateway.openai_errors import error_of
 
 MODEL = "embedder"
 EMBEDDINGS = "/v1/embeddings"
@@ -68,13 +69,6 @@ def oai(client: TestClient) -> openai.OpenAI:
 
 def expected(text: str) -> list[float]:
     return [float(x) for x in fake_vector(fake_ids(text))]
-
-
-def error_of(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return dict(body["error"])
 
 
 # --- the four input shapes, both encodings ---------------------------------------------------
@@ -237,8 +231,8 @@ def test_the_openai_client_raises_its_own_errors(oai: openai.OpenAI) -> None:
 
 
 def test_an_llm_is_not_an_embedding_model(client: TestClient) -> None:
-    err = error_of(client.post(EMBEDDINGS, json=body(model="chat")), 404)
-    assert err["code"] == "model_not_found"
+    err = error_of(client.post(EMBEDDINGS, json=body(model="chat")), 400)
+    assert err["code"] == "wrong_endpoint" and "/v1/chat/completions" in err["message"]
 
 
 def test_runner_failures_are_5xx_naming_the_backend(

@@ -17,6 +17,7 @@ from gateway.routing.registry import Registry, Route
 from gateway.routing.router import Router
 from settings import LimitSettings, Settings
 from tests.gateway.fake_runners import FakeSpeechRunner, FakeVisionRunner
+from tests.gateway.openai_errors import error_of
 from tests.media import audio_bytes, forged_png, image_bytes, solid, tone
 
 CLASSIFY = "/v1/images/classifications"
@@ -68,13 +69,6 @@ def client(
     app = app_for(Settings(limits=LIMITS), vision_runner, speech_runner)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
-
-
-def error_of(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return dict(body["error"])
 
 
 PNG = image_bytes(solid((250, 10, 10)))
@@ -259,8 +253,17 @@ def test_transcription_needs_multipart(client: TestClient) -> None:
 
 
 def test_unknown_speech_model_is_404(client: TestClient) -> None:
-    r = client.post(TRANSCRIBE, files={"file": ("a.wav", WAV)}, data={"model": "resnet"})
+    r = client.post(TRANSCRIBE, files={"file": ("a.wav", WAV)}, data={"model": "nope"})
     assert "whisper" in error_of(r, 404)["message"]
+
+
+def test_an_image_model_sent_to_transcriptions_is_told_where_it_is_served(
+    client: TestClient,
+) -> None:
+    r = client.post(TRANSCRIBE, files={"file": ("a.wav", WAV)}, data={"model": "resnet"})
+    err = error_of(r, 400)
+    assert err["code"] == "wrong_endpoint" and err["param"] == "model"
+    assert "'resnet' is of kind 'image', served on /v1/images/classifications" in err["message"]
 
 
 def test_openai_client_translation_runs_the_translate_task(

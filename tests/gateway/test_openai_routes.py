@@ -11,14 +11,9 @@ from gateway.api.openai import EventStream, UsageTap
 from gateway.errors import BackendError, BackendUnavailable
 from gateway.scope.context import RequestContext
 from tests.fakes import FakeAdapter
+from tests.gateway.openai_errors import error_of
 
 CHAT = {"model": "tiny-llm", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def error_of(response) -> dict:  # type: ignore[no-untyped-def]
-    body = response.json()
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
 
 
 def test_models_lists_every_route_with_kind_and_backend(client: TestClient) -> None:

@@ -209,6 +209,6 @@ def test_an_unknown_class_is_a_400_in_openais_shape(
     error = caught.value.body
     assert isinstance(error, dict)
     assert error["type"] == "invalid_request_error"
-    assert error["code"] == 400
+    assert error["code"] == "invalid_request"
     assert "Unknown priority" in error["message"]
     assert "flex" in error["message"]  # it names the choices

@@ -202,6 +202,16 @@ def test_unknown_model_is_404_naming_the_available_ones(client: openai.OpenAI) -
     assert isinstance(err, dict) and "demo-llm" in err["message"] and err["param"] == "model"
 
 
+def test_a_model_of_another_kind_is_400_saying_where_it_is_served(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="demo-resnet", messages=HELLO)
+    err = exc.value.body
+    assert isinstance(err, dict) and err["code"] == "wrong_endpoint", err
+    assert (
+        "'demo-resnet' is of kind 'image', served on /v1/images/classifications" in err["message"]
+    )
+
+
 @pytest.mark.parametrize(
     "params",
     [{"temperature": -1}, {"max_tokens": -5}, {"n": 0}, {"top_p": 7}],

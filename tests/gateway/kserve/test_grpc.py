@@ -311,16 +311,29 @@ def test_typed_contents_are_taken_too(stack: Stack) -> None:
 # -- errors --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["nope", "chat"])  # unknown, and a model /v2 does not serve
-def test_unknown_model_is_not_found(client: grpcclient.InferenceServerClient, model: str) -> None:
+def test_unknown_model_is_not_found(client: grpcclient.InferenceServerClient) -> None:
     x = np.ones((1, 1), dtype=np.float32)
-    status, message = status_of(lambda: client.infer(model, [fp32("INPUT0", x)]))
-    assert status == "StatusCode.NOT_FOUND" and f"'{model}' does not exist" in message
+    status, message = status_of(lambda: client.infer("nope", [fp32("INPUT0", x)]))
+    assert status == "StatusCode.NOT_FOUND" and "'nope' does not exist" in message
     assert "scale-v" in message and "whisper" in message  # the models it does serve
-    status, _ = status_of(lambda: client.get_model_metadata(model))
+    status, _ = status_of(lambda: client.get_model_metadata("nope"))
     assert status == "StatusCode.NOT_FOUND"
-    status, _ = status_of(lambda: client.is_model_ready(model))
+    status, _ = status_of(lambda: client.is_model_ready("nope"))
     assert status == "StatusCode.NOT_FOUND"
+
+
+def test_a_model_kserve_does_not_serve_says_where_it_is_served(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    x = np.ones((1, 1), dtype=np.float32)
+    for call in (
+        lambda: client.infer("chat", [fp32("INPUT0", x)]),
+        lambda: client.get_model_metadata("chat"),
+        lambda: client.is_model_ready("chat"),
+    ):
+        status, message = status_of(call)
+        assert status == "StatusCode.INVALID_ARGUMENT", (status, message)
+        assert "'chat' is of kind 'llm', served on /v1/chat/completions" in message, message
 
 
 def test_unknown_version_is_not_found(client: grpcclient.InferenceServerClient) -> None:

@@ -194,7 +194,7 @@ def test_image_runner_takes_pixel_tensors(client: TestClient) -> None:
     ("path", "body", "status", "message"),
     [
         ("/v2/models/nope/infer", scale_request([[1.0]]), 404, "'nope' does not exist"),
-        ("/v2/models/chat/infer", scale_request([[1.0]]), 404, "'chat' does not exist"),
+        ("/v2/models/chat/infer", scale_request([[1.0]]), 400, "'chat' is of kind 'llm'"),
         ("/v2/models/scale-v/versions/9/infer", scale_request([[1.0]]), 404, "no version '9'"),
         ("/v2/models/scale-v/infer", {"inputs": []}, 400, "inputs"),
         ("/v2/models/scale-v/infer", {"inputs": [{"name": "INPUT0"}]}, 400, "datatype"),

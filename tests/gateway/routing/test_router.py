@@ -16,6 +16,7 @@ from gateway.errors import (
     BreakerOpen,
     InvalidRequest,
     ModelNotFound,
+    WrongEndpoint,
 )
 from gateway.routing.backend import Backend
 from gateway.routing.breaker import CircuitBreaker, State
@@ -95,11 +96,12 @@ async def test_calls_the_backend_under_the_upstream_name(
     assert (sent.model, sent.payload, sent.options) == ("solo-upstream", {"x": 1}, {"top_k": 2})
 
 
-def test_unknown_and_wrong_kind_models_are_404(router: Router) -> None:
+def test_unknown_models_are_404_and_wrong_kind_ones_400(router: Router) -> None:
     with pytest.raises(ModelNotFound, match="Available models: big, small, solo"):
         router.resolve("nope", kinds=("llm",))
-    with pytest.raises(ModelNotFound):
+    with pytest.raises(WrongEndpoint, match="'big' is of kind 'llm', served on /v1/chat") as err:
         router.resolve("big", kinds=("image",))
+    assert err.value.status == 400 and err.value.code == "wrong_endpoint"
 
 
 async def test_unreachable_backend_is_retried_with_backoff(
