@@ -238,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keys: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
     print(key)
-    print(f"# The key above is shown only once. Paste this under `auth: keys:` ({args.name}):")
+    print(f"# {args.name}: the key above is shown only once; only its SHA-256 is stored.")
+    print("# Paste this entry under `auth: keys:` in bundle.yaml (or into the BUNDLE_KEYS_FILE")
+    print("# list) and restart the bundle: keys are read when it starts.")
     print(yaml.safe_dump([fields], sort_keys=False), end="")
     return 0
 
