@@ -24,6 +24,7 @@ backend (gateway/scope/admission.py), since only the router knows which backend 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -220,13 +221,70 @@ class Pipeline:
                 ctx.first_byte = time.perf_counter()
             await send(message)
 
+        watch = ClientWatch(receive, lambda: started)
         try:
-            async with call:
-                await self.app(scope, receive, send_stamped)
+            async with call, watch:
+                await self.app(scope, watch.receive, send_stamped)
         except GatewayError as err:
             if started:
                 raise
             await render(ctx.path, err)(scope, receive, send_stamped)
+        except asyncio.CancelledError:
+            if not watch.dropped:
+                raise
+            # The client left before its answer began: the request gave up its place (in a
+            # backend's queue, or its call upstream) and is logged as 499; nothing to answer.
+
+
+class ClientWatch:
+    """Notices a client that goes away before its answer begins, and cancels the request then.
+
+    A request waiting for a backend's slot (admission) or for a non-streamed answer reads
+    nothing more from its client, so without this it keeps its place in the queue and its
+    engine time for no one. Once the app has read the body, this watch alone reads the client
+    (`receive`), and hands the app a disconnect when it comes (Starlette's streaming responses
+    listen for one). A request whose answer has begun is left to its response, which stops
+    streaming on the disconnect."""
+
+    def __init__(self, receive: Receive, answering: Callable[[], bool]) -> None:
+        self._receive = receive
+        self._answering = answering
+        self._body_read = asyncio.Event()
+        self._gone = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._watched: asyncio.Task[Any] | None = None
+        self.dropped = False  # the request was cancelled because its client left
+
+    async def receive(self) -> Message:
+        if self._body_read.is_set():
+            await self._gone.wait()
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self._gone.set()
+        elif not message.get("more_body", False):
+            self._body_read.set()
+        return message
+
+    async def __aenter__(self) -> ClientWatch:
+        self._watched = asyncio.current_task()
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        if self.dropped and self._watched is not None:
+            self._watched.uncancel()
+
+    async def _watch(self) -> None:
+        await self._body_read.wait()
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._gone.set()
+        if not self._answering() and self._watched is not None:
+            self.dropped = True
+            self._watched.cancel()
 
 
 async def settle(ctx: RequestContext, lease: Lease, settings: Settings) -> None:

@@ -212,3 +212,24 @@ def test_an_unknown_class_is_a_400_in_openais_shape(
     assert error["code"] == "invalid_request"
     assert "Unknown priority" in error["message"]
     assert "flex" in error["message"]  # it names the choices
+
+
+async def test_a_request_whose_client_leaves_while_queued_gives_up_its_place(
+    gateway: ServerProcess,
+) -> None:
+    """Four long streams hold every slot; a fifth request queues, and its client gives up after
+    0.5 s. Its line in the access log comes then, as a 499, not when a slot frees seconds later
+    (it kept its place in the queue, and would have been served to no one)."""
+    async with keyed(gateway.url, FLOOD_KEY) as client:
+        holders = [
+            asyncio.create_task(stream(client, chat(200), f"holder-{i}")) for i in range(CAPACITY)
+        ]
+        await asyncio.sleep(0.3)
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/v1/chat/completions", json=chat(2, stream=False),
+                              headers={"X-Request-Id": "gave-up"}, timeout=0.5)  # fmt: skip
+        left = access_log(gateway, ["gave-up"])["gave-up"]
+        assert [status for status, _ in await asyncio.gather(*holders)] == [200] * CAPACITY
+    assert left["status"] == 499 and left["latency_ms"] < 2000, left
+    held = access_log(gateway, [f"holder-{i}" for i in range(CAPACITY)])
+    assert min(h["latency_ms"] for h in held.values()) > left["latency_ms"] + 2000, held
