@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -48,6 +49,38 @@ class Discover(_Section):
     # requests to vLLM on 8100, /readyz on the service's 3000); unset: the traffic's.
     health_port: int | None = Field(None, ge=1, le=65535)
     health_path: str | None = Field(None, pattern=r"^/")
+
+
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]  # what vLLM's --max-lora-rank takes
+
+
+class LoraAdapter(_Section):
+    """A LoRA adapter served under a name of its own (`sql`) rather than its store name."""
+
+    model: str = Field(min_length=1)  # a model-store tag (format peft-lora)
+    name: str = Field(min_length=1)
+
+
+class LoraSettings(_Section):
+    """LoRA adapters on the bundled engine (vLLM --enable-lora): each is served as a model of
+    its own whose parent is the base model. Absent: the engine starts without LoRA (vLLM's CPU
+    build then keeps its compiled graphs, which it turns off for all traffic with LoRA on)."""
+
+    max_loras: int = Field(4, ge=1)  # adapters resident in one batch at once (--max-loras)
+    max_rank: LoraRank = 16  # the highest adapter rank the engine takes (--max-lora-rank)
+    # model-store tags served from the start, under the tag's name without its version
+    # (demo-llm-sql:abc -> demo-llm-sql), or {model: TAG, name: NAME}
+    adapters: list[str | LoraAdapter] = []
+    # POST /v1/load_lora_adapter and /v1/unload_lora_adapter through the gateway, for keys
+    # marked `admin: true` (VLLM_ALLOW_RUNTIME_LORA_UPDATING on the engine)
+    runtime_updates: bool = False
+
+    def served(self) -> list[tuple[str, str]]:
+        """(served name, store tag) of each configured adapter."""
+        return [
+            (a.name, a.model) if isinstance(a, LoraAdapter) else (model_name(a), a)
+            for a in self.adapters
+        ]
 
 
 class LLMSettings(_Section):
@@ -106,12 +139,20 @@ class LLMSettings(_Section):
     # (bench.refusals, 2 cores, engine saturated: refusal p99 544 ms at 0, 78 ms at 10). Where
     # the engine has its own cores (a pod of its own) it changes nothing.
     nice: int = Field(10, ge=0, le=19)
+    lora: LoraSettings | None = None
 
     @model_validator(mode="after")
     def _one_engine_source(self) -> LLMSettings:
         if self.engine_url and self.engine_discover:
             raise ValueError("llm: set engine_url or engine_discover, not both")
+        names = [name for name, _ in self.lora.served()] if self.lora else []
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"llm.lora.adapters: {', '.join(twice)} served twice")
         return self
+
+    def adapters(self) -> list[str]:
+        """The served names of the adapters the engine starts with."""
+        return [name for name, _ in self.lora.served()] if self.lora else []
 
 
 VisionGraph = Literal["eager", "optimized"]  # how the vision runner runs its network
@@ -201,6 +242,8 @@ class GatewaySettings(_Section):
 #           retries: 1                      # only when the backend could not be reached
 #           breaker: {failure_threshold: 5, window_s: 30, recovery_s: 10, half_open_max_calls: 1}
 #         big-vllm: {kind: openai, url: http://10.0.0.6:8000, timeout_s: 120}
+#         tfs: {kind: tfserving, url: http://10.0.0.7:8501, format: row}   # TF Serving's REST
+#         ts: {kind: torchserve, url: http://10.0.0.8:8080, management_port: 8081}
 #         llm: {kind: runner, timeout_s: 300}      # tunes the bundled LLM backend
 #       models:
 #         resnet-trt: {backend: triton, upstream: resnet50, versions: ["1", "2"]}
@@ -288,6 +331,10 @@ class OpenAIBackend(_Pool):
     # Send each request's class as vLLM's `priority` (high -1, normal 0, low 1): only for an
     # engine started with `--scheduling-policy priority` (vLLM refuses it otherwise).
     priority: bool = False
+    # Its engines serve LoRA adapters: the gateway reads them from each engine's /v1/models,
+    # serves each as a model (`parent`: the engine's base), and sends an adapter's requests to
+    # an engine holding it (routing/pick.py adapter_tier).
+    lora: bool = False
     ADDRESS: ClassVar[str] = r"^(https?|tcp|unix|file)://"
     ADDRESS_HINT: ClassVar[str] = "a URL (http://host:port)"
 
@@ -302,7 +349,39 @@ class TritonBackend(_Pool):
     ADDRESS_HINT: ClassVar[str] = "host:port"
 
 
-Backend = Annotated[RunnerBackend | OpenAIBackend | TritonBackend, Field(discriminator="kind")]
+# How tensors go to TF Serving's `:predict`: row ({"instances": [...]}, one entry per batch row,
+# what its documentation and most of its users send) or columnar ({"inputs": ...}).
+PredictFormat = Literal["row", "columnar"]
+
+
+class TFServingBackend(_Pool):
+    """TensorFlow Serving's REST API (or another server of its `:predict` format, such as
+    KServe's V1 protocol); its models are tensor models, answered on /v2."""
+
+    kind: Literal["tfserving"]
+    format: PredictFormat = "row"
+    formats: dict[str, PredictFormat] = {}  # per model (its name at the backend)
+    timeout_s: float | None = Field(60.0, gt=0)
+    ADDRESS: ClassVar[str] = r"^https?://"
+    ADDRESS_HINT: ClassVar[str] = "a URL (http://host:port, TF Serving's REST port)"
+
+
+class TorchServeBackend(_Pool):
+    """A TorchServe: its inference API at each URL, its management API (a model's metadata and
+    readiness) on the same host at `management_port`. Its models say their kind: image or
+    tensor (ModelSettings.kind)."""
+
+    kind: Literal["torchserve"]
+    management_port: int = Field(8081, ge=1, le=65535)  # TorchServe's default
+    timeout_s: float | None = Field(60.0, gt=0)
+    ADDRESS: ClassVar[str] = r"^https?://[^/\s]+/?$"
+    ADDRESS_HINT: ClassVar[str] = "a URL (http://host:port, TorchServe's inference API)"
+
+
+Backend = Annotated[
+    RunnerBackend | OpenAIBackend | TritonBackend | TFServingBackend | TorchServeBackend,
+    Field(discriminator="kind"),
+]
 
 
 class Variant(_Section):
@@ -313,7 +392,10 @@ class Variant(_Section):
 class ModelSettings(_Section):
     backend: str | None = None  # or `variants`
     upstream: str | None = None  # the model's name at the backend; default: this name
-    # Its kind follows from the backend: openai -> llm, triton -> tensor, runner -> the runner's.
+    # Its kind follows from the backend: openai -> llm, triton and tfserving -> tensor, runner ->
+    # the runner's; a torchserve backend's models say theirs (image: /v1/images/classifications,
+    # tensor: /v2), since what a TorchServe model takes is its handler's business.
+    kind: Literal["image", "tensor"] | None = None
     aliases: list[str] = []
     versions: list[str] = []  # versions clients may name on /v2; passed on to the backend
     fallback: list[str] = []  # models tried in order when this one's backend fails
@@ -323,8 +405,8 @@ class ModelSettings(_Section):
     def _backend_or_variants(self) -> ModelSettings:
         if (self.backend is None) == (not self.variants):
             raise ValueError("give either 'backend' or 'variants'")
-        if self.variants and (self.upstream or self.versions or self.fallback):
-            raise ValueError("a split ('variants') takes no upstream, versions or fallback")
+        if self.variants and (self.upstream or self.versions or self.fallback or self.kind):
+            raise ValueError("a split ('variants') takes no upstream, versions, fallback or kind")
         if self.variants and sum(v.weight for v in self.variants) == 0:
             raise ValueError("the variants' weights add up to 0")
         return self
@@ -348,6 +430,93 @@ class RoutingSettings(_Section):
         return self
 
 
+# --- chains: a model name whose request runs several models in order --------------------------
+# (gateway/routing/chains.py; `pipeline` already names the request pipeline)::
+#
+#     chains:
+#       voice-chat:                     # /v1/chat/completions with an input_audio part
+#         steps:
+#           - {model: demo-whisper, task: transcribe}
+#           - {model: demo-llm, task: chat, system: "Answer briefly.", input: "{text}"}
+#
+# A template names the fields earlier steps produce: `{text}` (a transcript, a chat answer; before
+# any step, the request's own text), `{labels}` (a classification's top labels, joined by ", "),
+# and `{prompt}` (always the request's own text); `{{` and `}}` are literal braces. A name refers
+# to the latest step before it that produces it. The models are checked against the routes when
+# the gateway starts (gateway/routing/chains.py), so a typo fails its start.
+
+ChainTask = Literal["transcribe", "classify", "chat"]
+# What each task makes available to later steps' templates
+CHAIN_FIELDS: dict[str, tuple[str, ...]] = {
+    "request": ("text", "prompt"),
+    "transcribe": ("text",),
+    "classify": ("labels",),
+    "chat": ("text",),
+}
+_TASK_OPTIONS = {"input": "chat", "system": "chat", "max_tokens": "chat", "top_k": "classify",
+                 "language": "transcribe"}  # fmt: skip
+
+
+class ChainStep(_Section):
+    model: str = Field(min_length=1)
+    task: ChainTask
+    input: str | None = None  # chat: the user message; default: the latest step's output
+    system: str | None = None  # chat: a system message
+    max_tokens: int | None = Field(None, ge=1)  # chat: for a step before the last (the last
+    # takes the request's own options)
+    top_k: int | None = Field(None, ge=1)  # classify: labels for {labels}; default vision.top_k
+    language: str | None = None  # transcribe: the audio's language; default: detected
+
+    @model_validator(mode="after")
+    def _options_of_its_task(self) -> ChainStep:
+        for option, task in _TASK_OPTIONS.items():
+            if getattr(self, option) is not None and self.task != task:
+                raise ValueError(f"'{option}' is for a {task} step, not {self.task}")
+        return self
+
+
+class ChainSettings(_Section):
+    steps: list[ChainStep] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _templates_and_answer(self) -> ChainSettings:
+        if self.steps[-1].task != "chat":
+            raise ValueError(
+                "the last step must be a chat step: a chain answers /v1/chat/completions"
+            )
+        available = set(CHAIN_FIELDS["request"])
+        for number, step in enumerate(self.steps, 1):
+            for name in template_fields(step.input or ""):
+                if name not in available:
+                    raise ValueError(
+                        f"step {number} ({step.model}): its input names '{{{name}}}', which no "
+                        f"earlier step produces (available: {', '.join(sorted(available))})"
+                    )
+            available |= set(CHAIN_FIELDS[step.task])
+        return self
+
+
+def template_fields(template: str) -> list[str]:
+    """The field names a chain step's template uses; a ValueError for anything but plain
+    `{name}` fields (no attributes, indexes, conversions or format specs)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(
+            f"template {template!r}: {exc} (write a literal brace as {{{{ or }}}})"
+        ) from None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ValueError(
+                f"template {template!r}: '{{{name}}}' is not a plain field such as {{text}}"
+            )
+        names.append(name)
+    return names
+
+
 # --- the request pipeline: keys, limits, admission, cache, access log -----------------------
 
 
@@ -364,6 +533,7 @@ class KeySettings(_Section):
     # gets this one. `weight`: its share against other keys of a class in a full queue.
     max_priority: Priority = "normal"
     weight: float = Field(1.0, gt=0)
+    admin: bool = False  # may load and unload LoRA adapters at run time (/v1/load_lora_adapter)
 
 
 class AuthSettings(_Section):
@@ -438,6 +608,7 @@ class Settings(_Section):
     admission: dict[str, AdmissionSettings] = {}
     cache: CacheSettings = CacheSettings()
     log: LogSettings = LogSettings()
+    chains: dict[str, ChainSettings] = {}
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def bundled_models(self) -> tuple[str, str, str, str]:

@@ -12,9 +12,10 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import audio, embeddings, openai, openapi, status, vision
+from gateway.api import audio, embeddings, lora, openai, openapi, status, vision
 from gateway.errors import GatewayError, InvalidRequest, render
 from gateway.kserve import http as kserve
+from gateway.routing.chains import Chains
 from gateway.routing.router import Router
 from gateway.scope.pipeline import Pipeline, PipelineParts, configure_access_log
 from settings import Settings
@@ -43,6 +44,7 @@ def create_app() -> Starlette:
     return Starlette(
         routes=[
             *openai.routes,
+            *lora.routes,
             *vision.routes,
             *audio.routes,
             *embeddings.routes,
@@ -65,6 +67,7 @@ def install(app: Starlette, *, settings: Settings, router: Router) -> None:
     app.state.settings = settings
     app.state.started_at = time.time()
     app.state.router = router
+    app.state.chains = Chains.from_settings(settings.chains, router.registry)  # checked here
     app.state.pipeline = PipelineParts.from_settings(settings)  # keys, limits, access log
     configure_access_log()
 

@@ -13,15 +13,18 @@ DESCRIPTION = """\
 Write models into the BentoML model store (BENTOML_HOME, default ~/bentoml) with metadata the
 runners read through models.store.resolve().
 
-  demo                 tiny random demo-llm, demo-resnet, demo-whisper, demo-embed, made locally
-                       (no network); versions are a hash of their spec, so a rerun skips what
-                       exists
+  demo                 tiny random demo-llm (+ its LoRA adapter demo-llm-sql), demo-resnet,
+                       demo-whisper, demo-embed, made locally (no network); versions are a hash
+                       of their spec, so a rerun skips what exists
   import llm ID        causal LM from the Hugging Face Hub for vLLM
                        (e.g. Qwen/Qwen2.5-0.5B-Instruct)
   import image ID      image classifier from the Hub (e.g. microsoft/resnet-50)
   import speech ID     Whisper-style speech model from the Hub (e.g. openai/whisper-tiny)
   import embedding ID  text embedding encoder from the Hub (e.g. BAAI/bge-small-en-v1.5 or a
                        sentence-transformers model; pooling from its 1_Pooling/config.json)
+  import lora HF_ID|DIR --base TAG
+                       a PEFT LoRA adapter of a stored LLM, checked against it (module shapes,
+                       rank <= --max-rank) before it is stored
   import torchvision ARCH
                        torchvision classifier (e.g. resnet50) exported with torch.export;
                        needs torchvision (GPU build) to import, not to serve
@@ -46,6 +49,12 @@ def _add_import_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         p.add_argument("model_id", metavar="HF_ID", help=f"e.g. {example}")
         p.add_argument("--revision", help="branch, tag or commit on the Hub")
         p.add_argument("--name", help="store name (default: the id's last part, lowercased)")
+    p = kinds.add_parser("lora", help="PEFT LoRA adapter (Hub id or directory) of a stored LLM")
+    p.add_argument("model_id", metavar="HF_ID|DIR", help="a Hub id or a local adapter directory")
+    p.add_argument("--base", required=True, help="the stored base model's tag, e.g. demo-llm")
+    p.add_argument("--max-rank", type=int, default=16, help="the engine's llm.lora.max_rank")
+    p.add_argument("--revision", help="branch, tag or commit on the Hub")
+    p.add_argument("--name", help="store name (default: the id's or directory's last part)")
     p = kinds.add_parser("torchvision", help="torchvision architecture, e.g. resnet50")
     p.add_argument("arch", metavar="ARCH", help="e.g. resnet50 (DEFAULT weights)")
     p.add_argument("--name", help="store name (default: ARCH)")
@@ -63,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         nargs="+",
         action="extend",
-        choices=["llm", "resnet", "whisper", "embed"],
+        choices=["llm", "lora", "resnet", "whisper", "embed"],
         help="create only these (default: all of them)",
     )
     _add_import_parsers(sub)
@@ -89,6 +98,12 @@ def _import(args: argparse.Namespace) -> store.StoredModel:
 
     if args.kind == "torchvision":
         return hub.import_torchvision(args.arch, args.name)
+    if args.kind == "lora":
+        from models.lora import import_lora
+
+        return import_lora(
+            args.model_id, args.base, name=args.name, max_rank=args.max_rank, revision=args.revision
+        )
     importer = {
         "llm": hub.import_llm,
         "image": hub.import_image,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from models import demo_embed, demo_llm, demo_resnet, demo_whisper, store
+from models import demo_embed, demo_llm, demo_lora, demo_resnet, demo_whisper, store
 from models.spec import DemoModel
 
 
@@ -28,9 +28,10 @@ class Outcome:
 
 
 def registry() -> dict[str, DemoModel]:
-    """The demo models by short key (``llm``, ``resnet``, ``whisper``, ``embed``)."""
+    """The demo models by short key (``llm``, ``lora``, ``resnet``, ``whisper``, ``embed``)."""
     return {
         "llm": demo_llm.DEMO,
+        "lora": demo_lora.DEMO,
         "resnet": demo_resnet.DEMO,
         "whisper": demo_whisper.DEMO,
         "embed": demo_embed.DEMO,

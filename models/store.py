@@ -6,6 +6,7 @@ Every model carries metadata with at least::
             | "feature-extraction" (text embeddings)
     source: "demo" | "huggingface:<id>" | "torchvision:<name>"
     format: "transformers" (a save_pretrained directory) | "torch-export" (model.pt2)
+            | "peft-lora" (a LoRA adapter of a stored base: ``base``, ``rank``, see models.lora)
 
 plus, per task: ``max_position_embeddings`` (text-generation); ``labels`` and ``preprocessing``
 (image-classification, see ``models.preprocessing``); ``sampling_rate`` (speech-recognition);
@@ -30,14 +31,14 @@ from typing import Any, Literal
 Task = Literal[
     "text-generation", "image-classification", "speech-recognition", "feature-extraction"
 ]
-Format = Literal["transformers", "torch-export"]
+Format = Literal["transformers", "torch-export", "peft-lora"]
 TASKS: tuple[str, ...] = (
     "text-generation",
     "image-classification",
     "speech-recognition",
     "feature-extraction",
 )
-FORMATS: tuple[str, ...] = ("transformers", "torch-export")
+FORMATS: tuple[str, ...] = ("transformers", "torch-export", "peft-lora")
 
 
 _TAG_NAME_MAX = 63

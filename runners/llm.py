@@ -17,6 +17,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -26,14 +28,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from contract.names import LLM as NAME
 from contract.names import model_name
 from lifecycle import DRAIN, DrainMiddleware, die_with_parent, drain_runner, tune_gc
-from settings import LLMSettings, get_settings
+from settings import LLMSettings, LoraSettings, get_settings
 
 SETTINGS = get_settings().llm
 log = logging.getLogger("runners.llm")
 
 
-def engine_command(settings: LLMSettings, model_path: str, served_name: str) -> list[str]:
-    """The command line that starts vLLM's OpenAI server for these settings."""
+def engine_command(
+    settings: LLMSettings,
+    model_path: str,
+    served_name: str,
+    adapters: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """The command line that starts vLLM's OpenAI server for these settings; `adapters` are
+    (served name, directory) of the LoRA adapters it serves from the start."""
     cmd = [part.format(python=sys.executable) for part in settings.command]
     cmd += ["--model", model_path, "--served-model-name", served_name]
     cmd += ["--host", settings.host, "--port", str(settings.port)]
@@ -55,8 +63,46 @@ def engine_command(settings: LLMSettings, model_path: str, served_name: str) -> 
     if settings.reasoning_parser:
         cmd += ["--reasoning-parser", settings.reasoning_parser]
     cmd += ["--shutdown-timeout", str(settings.shutdown_timeout_s)]
+    cmd += lora_args(settings.lora, adapters)
     cmd += ["--disable-uvicorn-access-log", *settings.extra_args]
     return cmd
+
+
+def lora_args(lora: LoraSettings | None, adapters: Sequence[tuple[str, str]]) -> list[str]:
+    """vLLM's LoRA flags; none without `llm.lora`, so the engine starts exactly as before."""
+    if lora is None:
+        return []
+    args = ["--enable-lora", "--max-loras", str(lora.max_loras)]
+    args += ["--max-lora-rank", str(lora.max_rank)]
+    if adapters:
+        args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters)]
+    return args
+
+
+def keep_adapters(settings: LLMSettings) -> list[str]:
+    """The supervisor's flag to reload run-time adapters after a restart of the engine."""
+    if settings.lora is None or not settings.lora.runtime_updates:
+        return []
+    return ["--keep-adapters", f"http://127.0.0.1:{settings.port}"]
+
+
+def lora_modules(settings: LLMSettings, base_path: str) -> list[tuple[str, str]]:
+    """(served name, directory) of each configured adapter, each checked against the base
+    model and `max_rank` so that a wrong one stops the start with the reason."""
+    if settings.lora is None:
+        return []
+    from models import store
+    from models.lora import check_adapter, is_adapter
+
+    found = []
+    for name, tag in settings.lora.served():
+        stored = store.resolve(tag)
+        if not is_adapter(stored):
+            raise ValueError(f"llm.lora.adapters: {stored.tag} is a {stored.format} model, "
+                             "not a LoRA adapter (python -m models import lora)")  # fmt: skip
+        check_adapter(stored.path, Path(base_path), max_rank=settings.lora.max_rank)
+        found.append((name, str(stored.path)))
+    return found
 
 
 def _has_cuda() -> bool:
@@ -98,12 +144,15 @@ class LLM:
             # no attribute 'finalize_loading'": it compiles again on every start). Without AOT
             # its inductor cache is reused: engine init 23.7 s cold, 3.9 s warm (demo-llm).
             os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
-        engine = engine_command(SETTINGS, self.model.path, served_name(SETTINGS))
+        if SETTINGS.lora is not None and SETTINGS.lora.runtime_updates:
+            os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"
+        adapters = lora_modules(SETTINGS, self.model.path)
+        engine = engine_command(SETTINGS, self.model.path, served_name(SETTINGS), adapters)
         drain = get_settings().drain  # the worker drains for at most this long, then stops us
         wait_s = drain.timeout_s + 2 * drain.final_grace_s + 10
         return [sys.executable, "-m", "runners.supervisor", "--drain-wait", f"{wait_s:g}",
                 "--stop-timeout", str(SETTINGS.shutdown_timeout_s + 10),
-                "--nice", str(SETTINGS.nice), "--", *engine]  # fmt: skip
+                "--nice", str(SETTINGS.nice), *keep_adapters(SETTINGS), "--", *engine]  # fmt: skip
 
     async def __is_alive__(self) -> bool:
         """Dead once the supervisor is gone (killed, or out of restarts): liveness turns false,
@@ -164,4 +213,7 @@ async def watch_supervisor() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+# The adapters travel with the Bento (`bentoml build`, containerize) as the base model does.
+ADAPTER_TAGS = [tag for _, tag in (SETTINGS.lora or LoraSettings()).served()]
+LLM.models.extend(bentoml.models.BentoModel(tag) for tag in ADAPTER_TAGS)  # type: ignore[attr-defined]
 LLM.add_asgi_middleware(DrainMiddleware)  # type: ignore[attr-defined]

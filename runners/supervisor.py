@@ -42,8 +42,10 @@ class Supervisor:
         backoff_s: float = 1.0,
         stop_timeout_s: float = 30.0,
         nice: int = 0,
+        adapters: AdapterKeeper | None = None,
     ) -> None:
         self.command = list(command)
+        self.adapters = adapters  # run-time LoRA adapters, reloaded after a restart
         self.nice = nice  # added to the child's niceness: a lower CPU priority needs no privilege
         self.max_restarts = max_restarts
         self.restart_window_s = restart_window_s
@@ -88,6 +90,8 @@ class Supervisor:
             delay = self.backoff_s * 2 ** len(self._restarts)
             self._restarts.append(now)
             log.warning("child exited with %s; restarting in %.1f s", code, delay)
+            if self.adapters is not None:
+                self.adapters.restarted()
             if self._stopping.wait(delay):
                 return 0
         return 0
@@ -104,6 +108,62 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             log.warning("child ignored SIGTERM for %.0f s; killing it", self.stop_timeout_s)
         _kill_group(child.pid, signal.SIGKILL)
+
+
+class AdapterKeeper:
+    """Keeps the LoRA adapters loaded at run time across engine restarts.
+
+    Every `every_s` it reads the engine's own /v1/models (an adapter is a model with a
+    `parent`; its `root` is the path it was loaded from) and remembers the adapters there; once
+    a restarted engine answers, it loads the remembered ones it lacks again, through the engine's
+    /v1/load_lora_adapter. The adapters of the command line come back by themselves. An adapter
+    loaded less than `every_s` before a crash may be missed.
+    """
+
+    def __init__(self, url: str, *, every_s: float = 2.0) -> None:
+        self.url = url.rstrip("/")
+        self.every_s = every_s
+        self.known: dict[str, str] = {}  # served name -> path
+        self._restored = True
+
+    def restarted(self) -> None:
+        self._restored = False
+
+    def tick(self) -> None:
+        """One look at the engine (quietly nothing while it is down)."""
+        import httpx
+
+        try:
+            models = httpx.get(f"{self.url}/v1/models", timeout=5).json()["data"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return
+        resident = {m["id"]: str(m.get("root") or "") for m in models if m.get("parent")}
+        if not self._restored:
+            for name, path in self.known.items():
+                if name not in resident:
+                    self._load(name, path)
+            self._restored = True
+            return
+        self.known = resident
+
+    def _load(self, name: str, path: str) -> None:
+        import httpx
+
+        body = {"lora_name": name, "lora_path": path}
+        try:
+            r = httpx.post(f"{self.url}/v1/load_lora_adapter", json=body, timeout=120)
+        except httpx.HTTPError as exc:
+            log.error("reloading LoRA adapter %s from %s failed: %s", name, path, exc)
+            return
+        if r.status_code == 200:
+            log.info("reloaded LoRA adapter %s from %s", name, path)
+        else:
+            log.error("reloading LoRA adapter %s from %s: %s %s", name, path, r.status_code,
+                      r.text[:300])  # fmt: skip
+
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.wait(self.every_s):
+            self.tick()
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
@@ -125,6 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="after a first SIGTERM, keep the child serving until a second one, the parent's "
         "death or this many seconds (0: stop at the first)",
     )
+    parser.add_argument(
+        "--keep-adapters",
+        metavar="URL",
+        help="the engine's URL: reload the LoRA adapters loaded at run time after a restart",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -137,7 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         restart_window_s=args.restart_window,
         stop_timeout_s=args.stop_timeout,
         nice=args.nice,
+        adapters=AdapterKeeper(args.keep_adapters) if args.keep_adapters else None,
     )
+    if sup.adapters is not None:
+        keeper = sup.adapters
+        threading.Thread(target=keeper.run, args=(sup._stopping,), daemon=True).start()
 
     parent = os.getppid()
     noticed, again = threading.Event(), threading.Event()

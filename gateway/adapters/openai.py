@@ -10,6 +10,7 @@ import json
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -202,6 +203,35 @@ class OpenAIAdapter:
                 return await r.text() if r.status == 200 else None
         except (aiohttp.ClientError, TimeoutError):
             return None
+
+    async def models(self) -> list[dict[str, Any]] | None:
+        """The engine's own /v1/models (a LoRA adapter is one with a `parent`), None if unread."""
+        try:
+            async with self._client.session.get(
+                self._client.url("/v1/models"),
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=2.0),
+            ) as r:
+                data = (await r.json()).get("data") if r.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+            return None
+        return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else None
+
+    async def lora_admin(self, path: str, body: Mapping[str, object]) -> tuple[int, str]:
+        """POST vLLM's /v1/load_lora_adapter or /v1/unload_lora_adapter: (status, message)."""
+        client = self._client
+        try:
+            async with client.session.post(
+                client.url(path), json=dict(body), headers=self._headers
+            ) as r:
+                content = await r.read()
+        except TimeoutError:
+            raise BackendTimeout(self.name, client.timeout_s) from None
+        except aiohttp.ClientError as exc:
+            raise BackendUnavailable(self.name, _describe(exc)) from None
+        if r.status == 200:
+            return 200, content.decode(errors="replace")
+        return r.status, _error_fields(content)[0]
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -39,8 +39,11 @@ class TritonAdapter:
             raise InvalidRequest(f"The '{self.name}' backend only serves KServe V2 tensors.")
         tensors: TensorRequest = request.payload
         meta = await self.metadata(request.model, tensors.version)
-        check_inputs(tensors.inputs, meta.inputs)
-        check_outputs(tensors.outputs, meta.outputs)
+        # A server may declare none (MLServer, for a model whose settings list none): it decides.
+        if meta.inputs:
+            check_inputs(tensors.inputs, meta.inputs)
+        if meta.outputs:
+            check_outputs(tensors.outputs, meta.outputs)
         parameters = {
             k: v
             for k, v in tensors.parameters.items()

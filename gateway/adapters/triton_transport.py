@@ -1,6 +1,12 @@
 """The two ways to reach a Triton server: KServe V2 over gRPC or HTTP, with tritonclient's aio
 clients. Both look the same to `TritonAdapter` and raise gateway errors naming the backend.
 
+Any KServe V2 server works; what differs from Triton is handled here (MLServer, tested for real):
+over HTTP tensors go in binary only to a server that lists the `binary_tensor_data` extension
+(MLServer lists none and answers a binary body with a 422), else as JSON with its content type
+(without one MLServer answers a 422 too); an error body that is not KServe's JSON (MLServer's 500
+is a plain-text traceback) is cut to its last line.
+
     transport = make_transport("triton", "127.0.0.1:8001", protocol="grpc", timeout_s=30)
 """
 
@@ -38,6 +44,8 @@ GRPC_CHANNEL_ARGS = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+BINARY_EXTENSION = "binary_tensor_data"
+JSON_HEADERS = {"Content-Type": "application/json"}  # tritonclient's aio client sends none
 
 
 class TritonTransport(Protocol):
@@ -154,6 +162,7 @@ class HttpTransport:
         self.name = name
         self._client = client
         self._timeout_s = timeout_s
+        self._binary: bool | None = None  # the server takes binary tensors; asked once
 
     async def metadata(self, model: str, version: str) -> ModelMetadata:
         meta = await self._call(self._client.get_model_metadata(model, version))
@@ -174,12 +183,13 @@ class HttpTransport:
         parameters: Mapping[str, Any],
         request_id: str = "",
     ) -> tuple[Tensor, ...]:
+        binary = await self._binary_tensors()
         wire_inputs = []
         for tensor in inputs:
             wire = httpclient.InferInput(tensor.name, list(tensor.shape), tensor.datatype)
-            wire.set_data_from_numpy(tensor.data, binary_data=True)
+            wire.set_data_from_numpy(tensor.data, binary_data=binary)
             wire_inputs.append(wire)
-        wanted = [httpclient.InferRequestedOutput(n, binary_data=True) for n in outputs] or None
+        wanted = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs] or None
         result = await self._call(
             self._client.infer(
                 model,
@@ -188,6 +198,7 @@ class HttpTransport:
                 outputs=wanted,
                 request_id=request_id,
                 parameters=dict(parameters) or None,
+                headers=None if binary else dict(JSON_HEADERS),  # MLServer reads JSON by it
             )
         )
         return tuple(
@@ -197,6 +208,12 @@ class HttpTransport:
 
     async def server_ready(self) -> bool:
         return bool(await self._call(self._client.is_server_ready()))
+
+    async def _binary_tensors(self) -> bool:
+        if self._binary is None:
+            meta = await self._call(self._client.get_server_metadata())
+            self._binary = BINARY_EXTENSION in (meta.get("extensions") or ())
+        return self._binary
 
     async def model_ready(self, model: str, version: str) -> bool:
         return bool(await self._call(self._client.is_model_ready(model, version)))
@@ -217,7 +234,7 @@ class HttpTransport:
             raise BackendError(self.name, f"{type(exc).__name__}: {exc}") from None
 
     def _error(self, exc: InferenceServerException) -> GatewayError:
-        status, message = str(exc.status() or ""), exc.message() or str(exc)
+        status, message = str(exc.status() or ""), _message(exc)
         if status == "400":
             return InvalidRequest(message)
         if status == "429" or (status == "503" and _queue_full(message)):
@@ -225,6 +242,15 @@ class HttpTransport:
         if status == "503":
             return BackendUnavailable(self.name, message)
         return BackendError(self.name, f"HTTP {status or '?'}: {message}")
+
+
+def _message(exc: InferenceServerException) -> str:
+    """The server's message; of a body that is not KServe's JSON error (tritonclient then keeps
+    the body as `debug_details`), its last line: a Python traceback ends with the error."""
+    body = exc.debug_details()
+    if not isinstance(body, str) or not body.strip():
+        return exc.message() or str(exc)
+    return body.strip().splitlines()[-1][:500]
 
 
 def _queue_full(message: str) -> bool:

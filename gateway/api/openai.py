@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,11 +14,14 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.adapters.base import OpenedStream, Task, close_stream
 from gateway.api import calls
+from gateway.api.chains import chain_input, chains_of, listing
 from gateway.api.common import context, read_json_object, router_of
 from gateway.errors import GatewayError, openai_error_body
+from gateway.routing.chains import Chain
 from gateway.routing.registry import Kind, Split
 from gateway.routing.registry import Route as ModelRoute
 from gateway.scope.context import RequestContext
+from gateway.scope.keys import check_model
 from lifecycle import DRAIN
 
 OWNED_BY = "serving-bundle"
@@ -27,7 +31,7 @@ async def list_models(request: Request) -> Response:
     key = context(request).key
     data = [
         _model(request, entry)
-        for entry in router_of(request).registry
+        for entry in [*router_of(request).registry, *chains_of(request)]
         if key is None or key.allows(entry.name)
     ]
     return JSONResponse({"object": "list", "data": data})
@@ -37,6 +41,9 @@ async def retrieve_model(request: Request) -> Response:
     """GET /v1/models/{id}: one model (an alias answers under its own name), or 404 / 403."""
     name = request.path_params["model"]
     router, ctx = router_of(request), context(request)
+    if (chain := chains_of(request).get(name)) is not None:
+        check_model(ctx.key, name)
+        return JSONResponse(_model(request, chain))
     kinds: tuple[Kind, ...] = ("llm", "image", "speech", "tensor", "embedding")
     router.resolve(name, kinds, ctx)  # 404 listing the models, or 403 for the key
     aliases = router.registry.aliases_of
@@ -44,14 +51,18 @@ async def retrieve_model(request: Request) -> Response:
     return JSONResponse({**_model(request, entry), "id": name})
 
 
-def _model(request: Request, entry: ModelRoute | Split) -> dict[str, object]:
+def _model(request: Request, entry: ModelRoute | Split | Chain) -> dict[str, object]:
     return {
         "id": entry.name,
         "object": "model",
         "created": int(request.app.state.started_at),
         "owned_by": OWNED_BY,
-        "kind": entry.kind,
-        "backend": entry.backend,
+        **(
+            listing(entry)
+            if isinstance(entry, Chain)
+            else {"kind": entry.kind, "backend": entry.backend}
+        ),
+        **({"parent": entry.parent} if isinstance(entry, ModelRoute) and entry.parent else {}),
     }
 
 
@@ -73,6 +84,9 @@ async def _generate(request: Request, task: Task) -> Response:
     body = await read_json_object(
         request, limit=request.app.state.settings.limits.max_request_bytes
     )
+    chain = chains_of(request).get(body.get("model")) if task == "chat" else None
+    if chain is not None:
+        return await _chain(request, chain, body)
     if not body.get("stream"):
         result = await calls.generate(router, ctx, body, task)
         return JSONResponse(result.body, status_code=result.status)
@@ -90,6 +104,20 @@ async def _generate(request: Request, task: Task) -> Response:
     tap = UsageTap(ctx, strip=not wants_usage)
     # A refusal before the first byte is still a plain JSON error: the stream is opened here.
     return EventStream(tap, await router.open_stream(route, task, body, ctx))
+
+
+async def _chain(request: Request, chain: Chain, body: dict[str, Any]) -> Response:
+    """A chat completion answered by a chain (gateway/routing/chains.py), streamed or not."""
+    router, ctx = router_of(request), context(request)
+    given = chain_input(chain, body)
+    if not body.get("stream"):
+        return JSONResponse(await chain.complete(router, ctx, given, body))
+    options = body.get("stream_options")
+    wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                              "include_usage": True}  # fmt: skip
+    tap = UsageTap(ctx, strip=not wants_usage)
+    return EventStream(tap, await chain.open_stream(router, ctx, given, body))
 
 
 class EventStream(Response):

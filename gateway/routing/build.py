@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from gateway.adapters.base import InferenceAdapter
 from gateway.adapters.openai import OpenAIAdapter, UpstreamClient, make_client
+from gateway.adapters.tfserving import TFServingAdapter
+from gateway.adapters.torchserve import make_adapter as torchserve_adapter
 from gateway.adapters.triton import TritonAdapter
 from gateway.adapters.triton_transport import make_transport
 from gateway.routing.backend import Backend
@@ -34,10 +36,15 @@ from settings import (
     OpenAIBackend,
     RoutingSettings,
     RunnerBackend,
+    TFServingBackend,
+    TorchServeBackend,
     TritonBackend,
 )
 
-BackendSettings = RunnerBackend | OpenAIBackend | TritonBackend
+BackendSettings = (
+    RunnerBackend | OpenAIBackend | TritonBackend | TFServingBackend | TorchServeBackend
+)
+RemoteSettings = OpenAIBackend | TritonBackend | TFServingBackend | TorchServeBackend
 
 
 def build_router(
@@ -58,11 +65,14 @@ def build_router(
     for name, adapter in bundled.items():
         settings = routing.backends.get(name) or RunnerBackend(kind="runner")
         spec = adapter if isinstance(adapter, PoolSpec) else one_endpoint(adapter, "bundled")
-        backends[name] = pool_backend(name, spec, settings, admission=limits.get(name), clock=clock)
+        backends[name] = pool_backend(
+            name, spec, settings, admission=limits.get(name), clock=clock, registry=registry
+        )
     for name, settings in routing.backends.items():
-        if isinstance(settings, OpenAIBackend | TritonBackend):
+        if isinstance(settings, RemoteSettings):
+            spec = remote_pool(name, settings, models=upstream_models(routing, name))
             backends[name] = pool_backend(
-                name, remote_pool(name, settings), settings, admission=limits.get(name), clock=clock
+                name, spec, settings, admission=limits.get(name), clock=clock, registry=registry
             )
     responses = ResponseCache.from_settings(cache) if cache and cache.models else None
     return Router(registry, backends, caller_header=routing.caller_header, cache=responses)
@@ -80,14 +90,21 @@ class PoolSpec:
     discover: Discover | None = None
     scheme: str = "http"  # of discovered addresses; "": host:port (Triton)
     load_every_s: float = 1.0
+    lora: bool = False  # its engines serve LoRA adapters, found on their /v1/models
 
 
-def one_endpoint(adapter: InferenceAdapter, target: str) -> PoolSpec:
+def one_endpoint(adapter: InferenceAdapter, target: str, *, lora: bool = False) -> PoolSpec:
     """A pool of one endpoint: an adapter made already (a bundled runner's)."""
-    return PoolSpec((target,), lambda _address: adapter, "least_load", target)
+    return PoolSpec((target,), lambda _address: adapter, "least_load", target, lora=lora)
 
 
-def remote_pool(name: str, settings: OpenAIBackend | TritonBackend) -> PoolSpec:
+def upstream_models(routing: RoutingSettings, backend: str) -> tuple[str, ...]:
+    """The names at `backend` of the models routed to it."""
+    names = (m.upstream or n for n, m in routing.models.items() if m.backend == backend)
+    return tuple(dict.fromkeys(names))
+
+
+def remote_pool(name: str, settings: RemoteSettings, *, models: tuple[str, ...] = ()) -> PoolSpec:
     timeout_s = settings.timeout_s or 600.0
     discover = settings.discover
     if isinstance(settings, OpenAIBackend):
@@ -102,6 +119,23 @@ def remote_pool(name: str, settings: OpenAIBackend | TritonBackend) -> PoolSpec:
                 health_path=(discover and discover.health_path) or "/health",
             )
 
+    elif isinstance(settings, TFServingBackend):
+
+        def make_adapter(url: str) -> InferenceAdapter:
+            return TFServingAdapter(
+                name,
+                make_client(url, timeout_s=timeout_s),
+                format=settings.format,
+                formats=settings.formats,
+                models=models,
+            )
+
+    elif isinstance(settings, TorchServeBackend):
+
+        def make_adapter(url: str) -> InferenceAdapter:
+            port = settings.management_port
+            return torchserve_adapter(name, url, management_port=port, timeout_s=timeout_s)
+
     else:
 
         def make_adapter(url: str) -> InferenceAdapter:
@@ -115,8 +149,9 @@ def remote_pool(name: str, settings: OpenAIBackend | TritonBackend) -> PoolSpec:
         settings.balance or default,
         settings.target,
         discover=discover,
-        scheme="http" if isinstance(settings, OpenAIBackend) else "",
+        scheme="" if isinstance(settings, TritonBackend) else "http",
         load_every_s=settings.load_every_s,
+        lora=isinstance(settings, OpenAIBackend) and settings.lora,
     )
 
 
@@ -138,8 +173,10 @@ def pool_backend(
     *,
     admission: AdmissionSettings | None = None,
     clock: Callable[[], float] = time.monotonic,
+    registry: Registry | None = None,
 ) -> Backend:
-    """A backend over the endpoints of `spec`: `max_inflight` per endpoint, one queue."""
+    """A backend over the endpoints of `spec`: `max_inflight` per endpoint, one queue; with
+    `spec.lora`, the LoRA adapters its engines serve become models of `registry`."""
     metrics = BackendMetrics(name)
     limits = admission or AdmissionSettings()
     single = len(spec.addresses) == 1 and spec.discover is None
@@ -174,6 +211,11 @@ def pool_backend(
         discovery=discovery,
         load_every_s=spec.load_every_s,
         on_change=lambda live: queue.resize(limits.max_inflight * max(1, live)),
+        on_adapters=(
+            (lambda found: registry.set_adapters(name, found))
+            if spec.lora and registry is not None
+            else None
+        ),
     )
     queue.resize(limits.max_inflight * max(1, len(spec.addresses)))
     return Backend(

@@ -12,7 +12,7 @@ from gateway.adapters.openai import OpenAIAdapter, make_client
 from gateway.adapters.pixels import PixelTensorAdapter
 from gateway.adapters.runner import EmbedRunnerAdapter, SpeechRunnerAdapter, VisionRunnerAdapter
 from gateway.adapters.transcript_tensors import TranscriptTensorAdapter
-from gateway.routing.build import PoolSpec, build_router, health_client
+from gateway.routing.build import PoolSpec, build_router, health_client, one_endpoint
 from gateway.routing.registry import bundled_routes, check_routing
 from gateway.routing.router import Router
 from settings import Settings
@@ -56,13 +56,15 @@ def llm_engines(settings: Settings, llm_url: str) -> InferenceAdapter | PoolSpec
     if found is None:
         service = make_client(llm_url, timeout_s=timeout_s)
         at = engine_url(settings, llm_url)
-        return OpenAIAdapter(
+        adapter = OpenAIAdapter(
             LLM,
             service if at == llm_url else make_client(at, timeout_s=timeout_s),
             health=service,  # the service's /readyz: its own check of the engine
             health_path="/readyz",
             send_priority=by_priority,
         )
+        # with LoRA, its adapters loaded at run time are watched on the engine's /v1/models
+        return one_endpoint(adapter, "bundled", lora=True) if settings.llm.lora else adapter
 
     def engine(url: str) -> InferenceAdapter:
         return OpenAIAdapter(
@@ -73,7 +75,10 @@ def llm_engines(settings: Settings, llm_url: str) -> InferenceAdapter | PoolSpec
             send_priority=by_priority,
         )
 
-    return PoolSpec((), engine, settings.llm.balance, f"dns:{found.dns}:{found.port}", found)
+    return PoolSpec(
+        (), engine, settings.llm.balance, f"dns:{found.dns}:{found.port}", found,
+        lora=settings.llm.lora is not None,
+    )  # fmt: skip
 
 
 def bundled_router(
@@ -96,7 +101,7 @@ def bundled_router(
         ),
         EMBED: EmbedRunnerAdapter(EMBED, embed),
     }
-    routes = bundled_routes(*settings.bundled_models())
+    routes = bundled_routes(*settings.bundled_models(), adapters=settings.llm.adapters())
     return build_router(
         settings.routing,
         bundled=adapters,

@@ -41,6 +41,7 @@ import hashlib
 import itertools
 import json
 import random
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -342,3 +343,65 @@ def response_id_in(chunk: bytes) -> str | None:
         found = response.get("id") if isinstance(response, dict) else None
         return found if isinstance(found, str) else None
     return None
+
+
+# -- LoRA adapter affinity ---------------------------------------------------------------------
+
+
+class Holder(Protocol):
+    """What an endpoint is known to hold of the LoRA adapters (routing/pool.py's Endpoint)."""
+
+    adapters: dict[str, str]  # registered on the engine (its /v1/models): name -> parent
+    slots: OrderedDict[str, None]  # resident in its adapter slots, least recently used first
+    max_loras: int  # its adapter slots (vLLM's max_loras)
+
+
+def adapter_tier(candidates: Sequence[Any], adapter: str) -> list[Any]:
+    """The candidates to pick `adapter`'s request among, as GIE's LoRA affinity orders them:
+    those holding it in a slot, else those that have it and a free slot, else those that have
+    it at all (its request evicts another adapter there), else every candidate (an engine that
+    loads adapters by name on demand)."""
+    resident = [c for c in candidates if adapter in c.slots]
+    if resident:
+        return resident
+    registered = [c for c in candidates if adapter in c.adapters] or list(candidates)
+    free = [c for c in registered if len(c.slots) < c.max_loras]
+    return free or registered
+
+
+def use_adapter(endpoint: Holder, adapter: str) -> None:
+    """Record that `adapter` now holds a slot of `endpoint` (least recently used evicted)."""
+    endpoint.slots[adapter] = None
+    endpoint.slots.move_to_end(adapter)
+    while len(endpoint.slots) > max(1, endpoint.max_loras):
+        endpoint.slots.popitem(last=False)
+
+
+def lora_info(text: str) -> tuple[int | None, set[str]]:
+    """vLLM's `vllm:lora_requests_info` gauge on a /metrics page: (max_lora, the adapters with
+    requests running or waiting), from its latest sample (the value is its time)."""
+    latest = -1.0
+    found: tuple[int | None, set[str]] = (None, set())
+    for line in text.splitlines():
+        if not line.startswith("vllm:lora_requests_info{"):
+            continue
+        labels, _, value = line.partition("} ")
+        try:
+            at = float(value)
+        except ValueError:
+            continue
+        if at < latest:
+            continue
+        fields = dict(_LABEL.findall(labels))
+        active = {
+            name
+            for key in ("running_lora_adapters", "waiting_lora_adapters")
+            for name in fields.get(key, "").split(",")
+            if name
+        }
+        max_lora = fields.get("max_lora", "")
+        latest, found = at, (int(max_lora) if max_lora.isdigit() else None, active)
+    return found
+
+
+_LABEL = re.compile(r'(\w+)="([^"]*)"')

@@ -14,6 +14,9 @@ draining (its health check answers 503) or whose breaker is open gets no new req
 adds a new address within one interval, and drops a gone one once its requests have ended.
 
 A pool of one fixed endpoint (`url:`) runs no background work: it is today's one backend.
+A pool whose engines serve LoRA adapters (`on_adapters`) also reads each engine's /v1/models on
+every health check, one endpoint or many: the adapters found become models of the registry, and
+a request for one goes to an endpoint that holds it (pick.adapter_tier).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +35,7 @@ from gateway.adapters.base import InferenceAdapter
 from gateway.errors import BackendUnavailable, BreakerOpen
 from gateway.routing.breaker import CircuitBreaker, State
 from gateway.routing.metrics import ENDPOINT_INFLIGHT, ENDPOINT_REQUESTS, PICKS
-from gateway.routing.pick import Choice, Picker
+from gateway.routing.pick import Choice, Picker, adapter_tier, lora_info, use_adapter
 
 log = logging.getLogger("gateway.routing.pool")
 
@@ -89,6 +93,12 @@ class Endpoint:
         self.healthy = True  # until checks say otherwise
         self.failed_checks = 0
         self.gone = False  # discovery no longer finds it: dropped once idle
+        # LoRA (pools with `lora`): the adapters its engine has registered (its /v1/models, and
+        # this gateway's loads), those in its slots (this worker's sends and the engine's gauge
+        # of adapters with requests), and how many slots it has
+        self.adapters: dict[str, str] = {}
+        self.slots: OrderedDict[str, None] = OrderedDict()
+        self.max_loras = 1
         self._requests = ENDPOINT_REQUESTS.labels(backend=backend, endpoint=key)
         self._inflight = ENDPOINT_INFLIGHT.labels(backend=backend, endpoint=key)
 
@@ -136,6 +146,21 @@ class Endpoint:
         self.others = max(0, self.waiting + self.running - self.inflight)
         self.kv_usage = load.get("kv_usage")
         self.load_read_at = time.monotonic()
+        max_lora, active = lora_info(text)
+        if max_lora is not None:
+            self.max_loras = max_lora
+            for adapter in active - set(self.slots):
+                use_adapter(self, adapter)
+
+    async def read_adapters(self) -> None:
+        """The LoRA adapters its engine serves, from the engine's own /v1/models."""
+        read = getattr(self.adapter, "models", None)
+        models = await read() if read is not None else None
+        if models is None:
+            return  # unread: keep what is known
+        self.adapters = {str(m["id"]): str(m["parent"]) for m in models if m.get("parent")}
+        for gone in set(self.slots) - set(self.adapters):
+            del self.slots[gone]
 
     def status(self) -> dict[str, Any]:
         breaker = self.breaker
@@ -149,6 +174,7 @@ class Endpoint:
             "kv_cache_usage": self.kv_usage,
             "breaker": breaker.state.value,
             "retry_after_s": round(breaker.retry_after_s(), 3),
+            **({"adapters": sorted(self.adapters)} if self.adapters else {}),
         }
 
     async def aclose(self) -> None:
@@ -190,7 +216,11 @@ class Pool:
         every_s: float = 2.0,
         load_every_s: float = 1.0,
         on_change: Callable[[int], None] | None = None,
+        on_adapters: Callable[[Mapping[str, tuple[str, int]]], None] | None = None,
     ) -> None:
+        """With `on_adapters`, the pool watches the LoRA adapters its engines serve, tells it
+        which (name -> (parent, endpoints holding it)) after each look, and picks an endpoint
+        holding a request's adapter first (pick.adapter_tier)."""
         self.backend = backend
         self.endpoints: list[Endpoint] = list(endpoints)
         self.picker = picker
@@ -200,9 +230,18 @@ class Pool:
         self.every_s = discovery.every_s if discovery else every_s
         self.load_every_s = min(load_every_s, self.every_s)
         self._on_change = on_change
+        self._on_adapters = on_adapters
         self._task: asyncio.Task[None] | None = None
         self._discovered = asyncio.Event()
         self._picks = {r: PICKS.labels(backend=backend, reason=r) for r in PICK_REASONS}
+        if self.lora:  # its adapters are models before any request comes
+            with contextlib.suppress(RuntimeError):  # built outside an event loop: on first use
+                asyncio.get_running_loop()
+                self._start()
+
+    @property
+    def lora(self) -> bool:
+        return self._on_adapters is not None
 
     @property
     def dynamic(self) -> bool:
@@ -222,20 +261,56 @@ class Pool:
         if not self.dynamic:  # one endpoint: its breaker answers for itself, as a backend's
             if not self.endpoints:
                 raise self._none_eligible()
+            self._used(self.endpoints[0], request)
             return self.endpoints[0], ONLY
         eligible = [e for e in self.endpoints if e.eligible]
         if not eligible:
             raise self._none_eligible()
         fresh = [e for e in eligible if e not in exclude] or eligible
         roomy = [e for e in fresh if e.inflight < self.per_endpoint] or fresh
+        adapter = self._adapter_of(request)
+        if adapter is not None:
+            roomy = adapter_tier(roomy, adapter)
         one = len(roomy) == 1
         choice = Choice(roomy[0], "only") if one else self.picker.pick(roomy, request)
+        if adapter is not None and len(roomy) < len(fresh):
+            choice = Choice(choice.endpoint, "adapter", choice.uncached_blocks)
+        self._used(choice.endpoint, request)
         if exclude:
             choice = Choice(choice.endpoint, "retry", choice.uncached_blocks)
         self.picker.sent(choice, request)
         self._picks[choice.reason].inc()
         endpoint: Endpoint = choice.endpoint
         return endpoint, choice
+
+    def _adapter_of(self, request: Any) -> str | None:
+        """The request's LoRA adapter, when its model is one that this pool's engines serve."""
+        model = getattr(request, "model", None)
+        if not self.lora or not isinstance(model, str):
+            return None
+        return model if any(model in e.adapters for e in self.endpoints) else None
+
+    def _used(self, endpoint: Endpoint, request: Any) -> None:
+        if (adapter := self._adapter_of(request)) is not None:
+            use_adapter(endpoint, adapter)
+
+    def loaded(self, endpoint: Endpoint, adapter: str, parent: str) -> None:
+        """This gateway loaded `adapter` on `endpoint` (or unloaded it: parent "")."""
+        if parent:
+            endpoint.adapters[adapter] = parent
+        else:
+            endpoint.adapters.pop(adapter, None)
+            endpoint.slots.pop(adapter, None)
+        self._report_adapters()
+
+    def _report_adapters(self) -> None:
+        if self._on_adapters is None:
+            return
+        found: dict[str, tuple[str, int]] = {}
+        for endpoint in self.live():
+            for name, parent in endpoint.adapters.items():
+                found[name] = (parent, found.get(name, (parent, 0))[1] + 1)
+        self._on_adapters(found)
 
     def failed(self, endpoint: Endpoint) -> None:
         """It could not be reached or answered 503: no new requests until its health check
@@ -254,6 +329,9 @@ class Pool:
         live = self.live()
         if health:
             await asyncio.gather(*(e.check() for e in live))
+        if health and self.lora:
+            await asyncio.gather(*(e.read_adapters() for e in live))
+            self._report_adapters()
         await asyncio.gather(*(e.read_load() for e in live))
         await self._drop_idle_gone()
 
@@ -279,7 +357,7 @@ class Pool:
     # -- the watch ----------------------------------------------------------------------------
 
     def _start(self) -> None:
-        if self._task is None and self.dynamic:
+        if self._task is None and (self.dynamic or self.lora):
             self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
@@ -349,5 +427,5 @@ class Pool:
         )
 
 
-PICK_REASONS = ("prefix", "least_load", "session", "round_robin", "retry", "only")
+PICK_REASONS = ("prefix", "least_load", "session", "round_robin", "retry", "only", "adapter")
 ONLY = Choice(None, "only")

@@ -26,7 +26,9 @@ from settings import ModelSettings, RoutingSettings, Settings, SettingsError
 
 Kind = Literal["llm", "image", "speech", "tensor", "embedding"]
 
-BACKEND_KINDS: dict[str, Kind] = {"openai": "llm", "triton": "tensor"}
+BACKEND_KINDS: dict[str, Kind] = {"openai": "llm", "triton": "tensor", "tfserving": "tensor"}
+# Backends whose models say their kind (`kind:` in the configuration), and the kinds they may say
+DECLARED_KINDS: dict[str, tuple[Kind, ...]] = {"torchserve": ("image", "tensor")}
 # Where each kind of model is served, for the error a model sent to the wrong endpoint gets.
 SERVED_AT: dict[Kind, str] = {
     "llm": "/v1/chat/completions, /v1/completions and /v1/responses",
@@ -47,6 +49,7 @@ class Route:
     upstream_model: str  # the model's name at that backend
     versions: tuple[str, ...] = ()
     fallback: tuple[str, ...] = ()  # routes tried in order when this route's backend fails
+    parent: str | None = None  # a LoRA adapter's: the public name of its base model
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,10 @@ class Registry:
         for route in self._routes.values():
             self._check_fallback(route)
         self._rng = rng
+        # LoRA adapters the engines report or this gateway loaded, by backend (set_adapters)
+        self._found: dict[str, dict[str, Route]] = {}
+        self._adapters: dict[str, Route] = {}
+        self._held: dict[str, dict[str, int]] = {}
 
     @classmethod
     def from_settings(cls, routing: RoutingSettings, bundled: Iterable[Route]) -> Registry:
@@ -112,7 +119,30 @@ class Registry:
 
     def get(self, name: str) -> Route | None:
         """The route of a concrete model or alias of one (no split resolution)."""
-        return self._routes.get(self._aliases.get(name, name))
+        name = self._aliases.get(name, name)
+        return self._routes.get(name) or self._adapters.get(name)
+
+    def set_adapters(self, backend: str, found: Mapping[str, tuple[str, int]]) -> None:
+        """The LoRA adapters `backend`'s engines serve now: {name: (parent, endpoints holding
+        it)}. A configured name keeps its route; an adapter two backends serve goes to the one
+        whose endpoints hold it most (then the first to report it)."""
+        self._found[backend] = {
+            name: Route(name, "llm", backend, name, parent=parent)
+            for name, (parent, _) in found.items()
+            if name not in self._routes and name not in self._splits and name not in self._aliases
+        }
+        self._held[backend] = {name: held for name, (_, held) in found.items()}
+        merged: dict[str, Route] = {}
+        for holder, routes in self._found.items():
+            for name, route in routes.items():
+                now = merged.get(name)
+                if now is None or self._held[holder][name] > self._held[now.backend][name]:
+                    merged[name] = route
+        self._adapters = merged
+
+    def adapters(self, backend: str | None = None) -> list[Route]:
+        """The adapters found at run time (of `backend`), besides the configured ones."""
+        return [r for r in self._adapters.values() if backend is None or r.backend == backend]
 
     def resolve(self, name: str, *, caller: str | None = None) -> Route | None:
         """The route for `name`: aliases followed, a split's variant chosen.
@@ -123,12 +153,12 @@ class Registry:
         name = self._aliases.get(name, name)
         split = self._splits.get(name)
         if split is None:
-            return self._routes.get(name)
+            return self._routes.get(name) or self._adapters.get(name)
         return self._routes[_choose(split, caller, self._rng)]
 
     def kind_of(self, name: str) -> Kind | None:
         name = self._aliases.get(name, name)
-        entry = self._routes.get(name) or self._splits.get(name)
+        entry = self._routes.get(name) or self._splits.get(name) or self._adapters.get(name)
         return entry.kind if entry else None
 
     def chain(self, route: Route) -> list[Route]:
@@ -144,7 +174,7 @@ class Registry:
         return list(self._routes.values())
 
     def entries(self) -> list[Route | Split]:
-        return [*self._routes.values(), *self._splits.values()]
+        return [*self._routes.values(), *self._adapters.values(), *self._splits.values()]
 
     def aliases_of(self, name: str) -> list[str]:
         return [alias for alias, target in self._aliases.items() if target == name]
@@ -185,10 +215,14 @@ class Registry:
                 )
 
 
-def bundled_routes(llm: str, image: str, speech: str, embedding: str) -> list[Route]:
-    """The bundle's own runners, each model under its store name."""
+def bundled_routes(
+    llm: str, image: str, speech: str, embedding: str, *, adapters: Iterable[str] = ()
+) -> list[Route]:
+    """The bundle's own runners, each model under its store name, and the LLM's configured
+    LoRA adapters under their served names."""
     return [
         Route(llm, "llm", LLM, llm),
+        *(Route(name, "llm", LLM, name, parent=llm) for name in adapters),
         Route(image, "image", VISION, image),
         Route(speech, "speech", SPEECH, speech),
         Route(embedding, "embedding", EMBED, embedding),
@@ -200,7 +234,8 @@ def check_routing(settings: Settings) -> Registry:
 
     The gateway calls it before it makes any client, so a typo fails its start."""
     try:
-        return Registry.from_settings(settings.routing, bundled_routes(*settings.bundled_models()))
+        bundled = bundled_routes(*settings.bundled_models(), adapters=settings.llm.adapters())
+        return Registry.from_settings(settings.routing, bundled)
     except ValueError as exc:
         raise SettingsError(f"routing: {exc}") from None
 
@@ -208,13 +243,19 @@ def check_routing(settings: Settings) -> Registry:
 def _route(name: str, model: ModelSettings, routing: RoutingSettings) -> Route:
     assert model.backend is not None
     backend = routing.backends.get(model.backend)
-    if backend is not None:
+    if backend is not None and backend.kind in DECLARED_KINDS:
+        kind = _declared_kind(name, model, backend.kind)
+    elif backend is not None:
         kind = BACKEND_KINDS.get(backend.kind) or RUNNER_KINDS[model.backend]
     elif model.backend in RUNNER_KINDS:
         kind = RUNNER_KINDS[model.backend]
     else:
         known = ", ".join([*routing.backends, *RUNNER_KINDS])
         raise ValueError(f"model '{name}': backend '{model.backend}' is not one of: {known}")
+    if model.kind is not None and model.kind != kind:
+        raise ValueError(
+            f"model '{name}': backend '{model.backend}' serves {kind} models, not {model.kind}"
+        )
     return Route(
         name,
         kind,
@@ -223,6 +264,17 @@ def _route(name: str, model: ModelSettings, routing: RoutingSettings) -> Route:
         tuple(model.versions),
         tuple(model.fallback),
     )
+
+
+def _declared_kind(name: str, model: ModelSettings, backend_kind: str) -> Kind:
+    """The kind a model of a backend that serves several (TorchServe) says it is."""
+    kinds = DECLARED_KINDS[backend_kind]
+    if model.kind not in kinds:
+        raise ValueError(
+            f"model '{name}': a {backend_kind} backend's model says its kind "
+            f"({' or '.join(kinds)}), got {model.kind or 'none'}"
+        )
+    return model.kind
 
 
 def _split(name: str, model: ModelSettings, routes: Mapping[str, Route]) -> Split:

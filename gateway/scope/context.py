@@ -54,6 +54,7 @@ class RequestContext:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cache: str | None = None  # "hit" or "miss" when the model is cached
+    steps: list[dict[str, Any]] | None = None  # a chain's steps (gateway/routing/chains.py)
     priority: str = "normal"  # its class: high, normal or low (gateway/scope/admission.py)
 
     @property

@@ -63,6 +63,7 @@ class ApiKey:
     max_parallel: int | None = None
     max_priority: str = "normal"  # the highest class its requests get (settings.Priority)
     weight: float = 1.0  # its share against other keys of a class in a full queue
+    admin: bool = False  # may load and unload LoRA adapters (gateway/api/lora.py)
 
     @classmethod
     def from_settings(cls, entry: KeySettings) -> ApiKey:
@@ -75,6 +76,7 @@ class ApiKey:
             max_parallel=entry.max_parallel,
             max_priority=entry.max_priority,
             weight=entry.weight,
+            admin=entry.admin,
         )
 
     def allows(self, model: str) -> bool:

@@ -330,6 +330,8 @@ def finished(ctx: RequestContext, settings: Settings) -> None:
         record["completion_tokens"] = ctx.completion_tokens
     if ctx.cache:
         record["cache"] = ctx.cache
+    if ctx.steps:
+        record["chain"] = ctx.steps
     if settings.log.format == "json":
         access_log.info(json.dumps(record, separators=(",", ":")))
     else:

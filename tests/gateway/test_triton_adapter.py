@@ -162,3 +162,57 @@ async def test_http_errors_map_to_gateway_errors(
     assert type(err.value) is expected
     if isinstance(err.value, BackendError):
         assert err.value.backend == "triton"
+
+
+# -- what differs in other KServe V2 servers (MLServer, tests/integration/test_routing_mlserver.py)
+
+
+async def test_a_model_that_declares_no_tensors_leaves_them_to_the_server() -> None:
+    bare = ModelMetadata("bare", "", (), (), ())
+    fake = FakeTriton({"bare": (bare, lambda x: {})})
+    adapter = TritonAdapter("mlserver", fake)
+    request = TensorRequest((fp32("anything", [[1.0]]),))
+    await adapter.predict(InferRequest("infer", "bare", request))
+    assert fake.calls[0][2][0].name == "anything"
+
+
+class RecordingClient:
+    """A tritonclient aio HTTP client whose server lists `extensions`; infer records its
+    inputs and outputs, then fails."""
+
+    def __init__(self, extensions: list[str]) -> None:
+        self.extensions = extensions
+        self.sent: list[tuple[Any, Any]] = []
+
+    async def get_server_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        return {"name": "server", "extensions": self.extensions}
+
+    async def infer(self, model: str, inputs: Any, **kwargs: Any) -> Any:
+        self.sent.append((inputs, kwargs["outputs"], kwargs["headers"]))
+        raise InferenceServerException("recorded", status="500")
+
+
+@pytest.mark.parametrize(("extensions", "binary"), [(["binary_tensor_data"], True), ([], False)])
+async def test_http_tensors_go_binary_only_to_a_server_that_takes_them(
+    extensions: list[str], binary: bool
+) -> None:
+    client = RecordingClient(extensions)
+    transport = HttpTransport("mlserver", client, timeout_s=1)
+    for _ in range(2):
+        with pytest.raises(BackendError):
+            await transport.infer("m", "", [fp32("x", [1.0])], ["y"], {})
+    for inputs, outputs, headers in client.sent:
+        assert (inputs[0]._get_binary_data() is not None) is binary
+        assert outputs[0]._get_tensor()["parameters"].get("binary_data", False) is binary
+        assert binary or headers == {"Content-Type": "application/json"}
+
+
+async def test_an_error_body_that_is_a_traceback_is_cut_to_its_last_line() -> None:
+    body = (
+        'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: X has 3 features\n'
+    )
+    error = InferenceServerException("could not decode", status="500", debug_details=body)
+    transport = HttpTransport("mlserver", FakeClient(error), timeout_s=1)
+    with pytest.raises(BackendError) as err:
+        await transport.metadata("m", "")
+    assert err.value.message.endswith("HTTP 500: ValueError: X has 3 features")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runners.llm import engine_command, engine_requests
+from runners.llm import engine_command, engine_requests, keep_adapters
 from settings import Settings
 
 METRICS = """\
@@ -53,3 +53,32 @@ def test_tool_calls_fit_their_schema_unless_told() -> None:
     assert level({}) is None  # no parser, no tool calls for the level to pin
     with pytest.raises(ValueError, match="tool_strict_level"):
         Settings.model_validate({"llm": {**hermes, "tool_strict_level": "strict"}})
+
+
+def test_without_lora_the_engine_starts_as_before() -> None:
+    cmd = engine_command(Settings().llm, "/m", "m")
+    assert not [part for part in cmd if "lora" in part]
+    assert keep_adapters(Settings().llm) == []
+
+
+def test_lora_flags_name_each_adapter_under_its_served_name() -> None:
+    llm = Settings.model_validate(
+        {"llm": {"lora": {"max_loras": 2, "max_rank": 8, "runtime_updates": True,
+                          "adapters": ["demo-llm-sql:abc", {"model": "x:1", "name": "sql"}]}}}
+    ).llm  # fmt: skip
+    assert llm.adapters() == ["demo-llm-sql", "sql"]
+    cmd = engine_command(llm, "/m", "m", [("demo-llm-sql", "/a"), ("sql", "/b")])
+    at = cmd.index("--enable-lora")
+    assert cmd[at : at + 5] == ["--enable-lora", "--max-loras", "2", "--max-lora-rank", "8"]
+    assert cmd[cmd.index("--lora-modules") + 1 : cmd.index("--lora-modules") + 3] == [
+        "demo-llm-sql=/a",
+        "sql=/b",
+    ]
+    assert keep_adapters(llm) == ["--keep-adapters", f"http://127.0.0.1:{llm.port}"]
+
+
+def test_lora_settings_refuse_what_vllm_would() -> None:
+    with pytest.raises(ValueError, match="max_rank"):
+        Settings.model_validate({"llm": {"lora": {"max_rank": 12}}})
+    with pytest.raises(ValueError, match="served twice"):
+        Settings.model_validate({"llm": {"lora": {"adapters": ["a:1", "a:2"]}}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -134,3 +135,32 @@ def test_the_child_runs_at_the_niceness_it_was_given(tmp_path: Path) -> None:
     sup = Supervisor([sys.executable, "-c", script], max_restarts=0, nice=7)
     sup.run()
     assert int(out.read_text()) == os.nice(0) + 7
+
+
+def test_adapters_loaded_at_run_time_are_loaded_again_after_a_restart() -> None:
+    import httpx
+    import respx
+
+    from runners.supervisor import AdapterKeeper
+
+    models = [{"id": "demo-llm", "parent": None}]
+    sql2 = {"id": "sql2", "root": "/disk/sql2", "parent": "demo-llm"}
+    keeper = AdapterKeeper("http://engine:8100")
+    with respx.mock(assert_all_called=False) as mock:
+        listing = mock.get("http://engine:8100/v1/models")
+        load = mock.post("http://engine:8100/v1/load_lora_adapter").respond(200, text="ok")
+        listing.respond(json={"data": [*models, sql2]})
+        keeper.tick()
+        assert keeper.known == {"sql2": "/disk/sql2"}
+        keeper.restarted()
+        listing.side_effect = httpx.ConnectError("down")  # the engine is starting
+        keeper.tick()
+        assert not load.called
+        listing.side_effect = None
+        listing.respond(json={"data": models})  # back, without it
+        keeper.tick()
+        assert load.call_count == 1
+        assert json.loads(load.calls[0].request.content) == {
+            "lora_name": "sql2",
+            "lora_path": "/disk/sql2",
+        }

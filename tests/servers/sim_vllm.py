@@ -15,8 +15,14 @@ imports nothing from the gateway.
     GET  /metrics   Prometheus text, vLLM's names: vllm:num_requests_running, _waiting,
                     vllm:kv_cache_usage_perc, vllm:prefix_cache_queries_total, _hits_total (tokens)
     GET  /stats     JSON since the last reset: requests, prompt/queried/hit/output tokens,
-                    prefill busy seconds, the cache's size
-    POST /reset     once idle: empty the prefix cache, zero /stats (not /metrics)
+                    prefill busy seconds, the cache's size, LoRA adapter loads
+    POST /reset     once idle: empty the prefix cache and the adapter slots, zero /stats
+
+With `--adapters N` it also serves N LoRA adapters, `<model>-lora<i>` (listed on /v1/models with
+`parent`, as vLLM lists them): `--max-loras` of them fit its adapter slots at once (least
+recently used evicted), and a request for one that is not in a slot first waits `--lora-load-ms`
+for it to be loaded, one load at a time (vLLM loads an adapter into its slots in the engine's
+step). vLLM's `vllm:lora_requests_info` gauge shows `max_lora` and the adapters with requests.
 """
 
 from __future__ import annotations
@@ -41,11 +47,50 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKEN_TEXT = "tok "
 
 
+class AdapterSlots:
+    """`max_loras` LoRA slots, least recently used evicted; a missing adapter costs `load_s`,
+    one load at a time."""
+
+    def __init__(self, names: Sequence[str], *, max_loras: int, load_s: float) -> None:
+        from collections import OrderedDict
+
+        self.names = list(names)
+        self.max_loras = max_loras
+        self.load_s = load_s
+        self.slots: OrderedDict[str, None] = OrderedDict()
+        self.active: dict[str, int] = {}
+        self.loads = 0
+        self._lock = asyncio.Lock()
+
+    async def ensure(self, name: str) -> None:
+        if name not in self.slots:
+            async with self._lock:
+                if name not in self.slots:
+                    await asyncio.sleep(self.load_s)
+                    self.loads += 1
+                    self.slots[name] = None
+                    while len(self.slots) > self.max_loras:
+                        self.slots.popitem(last=False)
+        self.slots.move_to_end(name)
+
+    def reset(self) -> None:
+        self.slots.clear()
+        self.loads = 0
+
+
 class SimVLLM(RawHTTP):
-    def __init__(self, engine: Engine, *, model: str, max_tokens: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        model: str,
+        max_tokens: int,
+        adapters: AdapterSlots | None = None,
+    ) -> None:
         self.engine = engine
         self.model = model
         self.max_tokens = max_tokens
+        self.adapters = adapters
         self.served = 0
 
     async def route(
@@ -54,14 +99,18 @@ class SimVLLM(RawHTTP):
         if method == "GET" and path == "/health":
             return send(writer, 200, b"")
         if method == "GET" and path == "/v1/models":
-            models = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
-            return send(writer, 200, json.dumps(models).encode())
+            cards = [{"id": self.model, "object": "model", "parent": None}]
+            for name in self.adapters.names if self.adapters else ():
+                cards.append({"id": name, "object": "model", "parent": self.model})
+            return send(writer, 200, json.dumps({"object": "list", "data": cards}).encode())
         if method == "GET" and path == "/metrics":
             return send(writer, 200, self.metrics().encode(), "text/plain; version=0.0.4")
         if method == "GET" and path == "/stats":
             return send(writer, 200, json.dumps(self.stats()).encode())
         if method == "POST" and path == "/reset":
             await self.engine.reset()
+            if self.adapters is not None:
+                self.adapters.reset()
             return send(writer, 200, json.dumps(self.stats()).encode())
         if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             return await self.complete(body, path.endswith("chat/completions"), writer)
@@ -73,9 +122,23 @@ class SimVLLM(RawHTTP):
             text = _prompt_text(request, chat)
         except (ValueError, TypeError) as exc:
             return send(writer, 400, _error(str(exc), "BadRequestError"))
-        if request.get("model", self.model) != self.model:
+        model = request.get("model", self.model)
+        adapter = model if self.adapters and model in self.adapters.names else None
+        if model != self.model and adapter is None:
             message = f"The model `{request.get('model')}` does not exist."
             return send(writer, 404, _error(message, "NotFoundError"))
+        if adapter is not None and self.adapters is not None:
+            self.adapters.active[adapter] = self.adapters.active.get(adapter, 0) + 1
+            try:
+                await self.adapters.ensure(adapter)
+                return await self._generate(request, text, chat, writer)
+            finally:
+                self.adapters.active[adapter] -= 1
+        return await self._generate(request, text, chat, writer)
+
+    async def _generate(
+        self, request: dict[str, Any], text: str, chat: bool, writer: asyncio.StreamWriter
+    ) -> None:
         n = int(request.get("max_tokens") or request.get("max_completion_tokens") or 0)
         n = n or self.max_tokens
         tokens = tokenize(text)
@@ -123,6 +186,7 @@ class SimVLLM(RawHTTP):
             "running": engine.prefilling + engine.decoding,
             "cache_blocks": len(engine.cache),
             "cache_capacity_blocks": engine.cache.capacity,
+            "lora_loads": self.adapters.loads if self.adapters else 0,
         }
 
     def metrics(self) -> str:
@@ -149,6 +213,12 @@ class SimVLLM(RawHTTP):
                 f"# TYPE vllm:{name} {kind}",
                 f"{sample}{labels} {float(value)}",
             ]
+        if self.adapters is not None:
+            active = ",".join(n for n, k in self.adapters.active.items() if k > 0)
+            lines.append(
+                f'vllm:lora_requests_info{{max_lora="{self.adapters.max_loras}",'
+                f'running_lora_adapters="{active}",waiting_lora_adapters=""}} {time.time()}'
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -224,6 +294,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--token-ms", type=float, default=20.0, help="a decode step, batch of one")
     p.add_argument("--batch-k", type=float, default=8.0, help="step = token_ms * (1 + batch / k)")
     p.add_argument("--max-tokens", type=int, default=64, help="when a request gives none")
+    p.add_argument("--adapters", type=int, default=0, help="LoRA adapters served, <model>-lora<i>")
+    p.add_argument("--max-loras", type=int, default=4, help="adapter slots")
+    p.add_argument("--lora-load-ms", type=float, default=200.0, help="loading a missing adapter")
     return p
 
 
@@ -234,8 +307,11 @@ def main() -> None:
 
     async def run() -> None:  # the engine's lock and event belong to this loop
         engine = Engine(cost, capacity_blocks=args.cache_blocks)
-        await serve(SimVLLM(engine, model=args.model, max_tokens=args.max_tokens),
-                    args.host, args.port)  # fmt: skip
+        names = [f"{args.model}-lora{i}" for i in range(args.adapters)]
+        slots = AdapterSlots(names, max_loras=args.max_loras, load_s=args.lora_load_ms / 1000)
+        server = SimVLLM(engine, model=args.model, max_tokens=args.max_tokens,
+                         adapters=slots if names else None)  # fmt: skip
+        await serve(server, args.host, args.port)
 
     gc.collect()  # as lifecycle.tune_gc does, without importing the bundle's settings
     gc.freeze()

@@ -230,3 +230,28 @@ def _sample(metrics: bytes, name: str) -> float:
     match = re.search(rf"^{name}{{[^}}]*}} (\S+)$", metrics.decode(), re.M)
     assert match, name
     return float(match.group(1))
+
+
+async def test_adapters_are_listed_and_a_missing_one_costs_a_load() -> None:
+    from tests.servers.sim_vllm import AdapterSlots
+
+    slots = AdapterSlots(["sim-lora0", "sim-lora1", "sim-lora2"], max_loras=2, load_s=0.0)
+    replica = SimVLLM(
+        Engine(COST, capacity_blocks=100, sleep=RecordingSleep(), clock=lambda: 0.0),
+        model="sim",
+        max_tokens=2,
+        adapters=slots,
+    )
+    status, body = await call(replica, "GET", "/v1/models")
+    cards = {m["id"]: m["parent"] for m in json.loads(body)["data"]}
+    assert cards == {"sim": None, "sim-lora0": "sim", "sim-lora1": "sim", "sim-lora2": "sim"}
+    for name in ("sim-lora0", "sim-lora0", "sim-lora1", "sim-lora2", "sim-lora0"):
+        status, _ = await call(
+            replica, "POST", "/v1/chat/completions", {**chat("hi"), "model": name}
+        )
+        assert status == 200
+    assert slots.loads == 4  # lora0, lora1, lora2 (evicting lora0), lora0 again
+    status, _ = await call(replica, "POST", "/v1/chat/completions", {**chat("x"), "model": "nope"})
+    assert status == 404
+    _, page = await call(replica, "GET", "/metrics")
+    assert b'vllm:lora_requests_info{max_lora="2"' in page

@@ -18,6 +18,8 @@ from typing import Any
 from tests.servers.process import ServerProcess, free_port, http_ok
 
 COMMAND = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
+LORA_ARGS = ("--enable-lora", "--max-loras", "4", "--max-lora-rank", "16")
+LORA_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
 
 
 def model_path(tag: str = "demo-llm") -> str:
@@ -39,8 +41,11 @@ def vllm_process(
     command: Sequence[str] = COMMAND,
     extra_args: Sequence[str] = ("--max-model-len", "1024"),
     timeout_s: float = 420,
+    lora: bool = False,
 ) -> ServerProcess:
-    """The server, not yet started (`.start()` blocks until it is healthy)."""
+    """The server, not yet started (`.start()` blocks until it is healthy); with `lora`, it
+    serves LoRA adapters (4 slots, rank <= 16), loaded at run time through its own
+    /v1/load_lora_adapter."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     names = [served_name] if isinstance(served_name, str) else list(served_name)
@@ -50,12 +55,13 @@ def vllm_process(
         "--host", "127.0.0.1",
         "--port", str(port),
         "--disable-uvicorn-access-log",
+        *(LORA_ARGS if lora else ()),
     ]  # fmt: skip
     return ServerProcess(
         f"vllm-{names[0]}",
         [*command, *args, *extra_args],
         ready=http_ok(f"{url}/health"),
         url=url,
-        env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
+        env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", **(LORA_ENV if lora else {})},
         timeout_s=timeout_s,
     )
