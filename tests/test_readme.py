@@ -16,6 +16,8 @@ from tests.readme import README, RUNNABLE, examples, shape
 NOT_RUN = {
     "two-commands": "CI runs scripts/test itself; the tests start the bundle scripts/serve starts",
     "models-import": "downloads from the Hugging Face Hub",
+    "lora-import": "needs a real adapter, from the Hugging Face Hub or a directory",
+    "lora-runtime": "needs an admin key; test_lora.py loads and unloads through a gateway with one",
     "build-and-ship": "builds a Bento and an image, minutes each (test_bento.py builds the Bento)",
     "image-run": "needs the image scripts/image builds",
     "deploy-kubernetes": "needs a Kubernetes cluster",
