@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -195,11 +196,17 @@ def test_an_ensemble_runs_and_logs_every_step_under_one_request_id(
 
 
 def access_line(server: ServerProcess, request_id: str) -> dict[str, Any]:
-    for text in reversed(server.log_path.read_text(errors="replace").splitlines()):
-        if f'"request_id":"{request_id}"' in text and text.startswith("{"):
-            line: dict[str, Any] = json.loads(text)
-            return line
-    raise AssertionError(f"no access-log line for request {request_id}")
+    """Its line in the gateway's access log, written as the request ends: for a stream, that may
+    be just after the client has read its last chunk, so wait a little for it."""
+    deadline = time.monotonic() + 5
+    while True:
+        for text in reversed(server.log_path.read_text(errors="replace").splitlines()):
+            if f'"request_id":"{request_id}"' in text and text.startswith("{"):
+                line: dict[str, Any] = json.loads(text)
+                return line
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no access-log line for request {request_id}")
+        time.sleep(0.1)
 
 
 # --- a gateway of this module's own: keys, a chain of its configuration, a dead backend ----------
