@@ -42,7 +42,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
 )
-from gateway.kserve.codec import check_inputs, check_outputs
+from gateway.kserve.codec import check_declared, check_outputs
 from gateway.tensors import ModelMetadata, Tensor, TensorRequest, TensorSpec, dtype_of
 from settings import PredictFormat
 
@@ -80,10 +80,7 @@ class TFServingAdapter:
             raise InvalidRequest(f"The '{self.name}' backend only serves KServe V2 tensors.")
         tensors: TensorRequest = request.payload
         meta = await self.metadata(request.model, tensors.version)
-        if meta.inputs:
-            check_inputs(tensors.inputs, meta.inputs)
-        if meta.outputs:
-            check_outputs(tensors.outputs, meta.outputs)
+        check_declared(tensors, meta)
         fmt = self._formats.get(request.model, self._format)
         body = predict_body(tensors.inputs, fmt)
         if signature := tensors.parameters.get("signature_name"):

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from gateway.adapters.base import InferRequest, InferResponse
 from gateway.adapters.triton_transport import TritonTransport
 from gateway.errors import InvalidRequest
-from gateway.kserve.codec import check_inputs, check_outputs
+from gateway.kserve.codec import check_declared
 from gateway.tensors import ModelMetadata, TensorRequest
 
 # Request parameters that are KServe or Triton controls, not the model's own options.
@@ -39,11 +39,7 @@ class TritonAdapter:
             raise InvalidRequest(f"The '{self.name}' backend only serves KServe V2 tensors.")
         tensors: TensorRequest = request.payload
         meta = await self.metadata(request.model, tensors.version)
-        # A server may declare none (MLServer, for a model whose settings list none): it decides.
-        if meta.inputs:
-            check_inputs(tensors.inputs, meta.inputs)
-        if meta.outputs:
-            check_outputs(tensors.outputs, meta.outputs)
+        check_declared(tensors, meta)
         parameters = {
             k: v
             for k, v in tensors.parameters.items()

@@ -314,3 +314,12 @@ def check_outputs(names: Sequence[str], specs: Sequence[TensorSpec]) -> None:
         if name not in known:
             expected = ", ".join(f"'{n}'" for n in sorted(known)) or "none"
             raise InvalidRequest(f"Unknown output '{name}'; the model has {expected}.")
+
+
+def check_declared(tensors: TensorRequest, meta: ModelMetadata) -> None:
+    """Check a request against what its model declares; a server may declare nothing (MLServer
+    for a model whose settings list none, KServe's V1 server): then the server decides."""
+    if meta.inputs:
+        check_inputs(tensors.inputs, meta.inputs)
+    if meta.outputs:
+        check_outputs(tensors.outputs, meta.outputs)
