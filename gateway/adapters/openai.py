@@ -138,18 +138,11 @@ class OpenAIAdapter:
 
     async def predict(self, request: InferRequest) -> InferResponse:
         body = self._body(request, stream=False)
-        client = self._client
-        try:
-            async with client.session.post(
-                client.url(PATHS[request.task]), json=body, headers=self._headers_for(request)
-            ) as r:
-                content = await r.read()
-        except TimeoutError:
-            raise BackendTimeout(self.name, client.timeout_s) from None
-        except aiohttp.ClientError as exc:
-            raise BackendUnavailable(self.name, _describe(exc)) from None
-        if r.status != 200:
-            raise self._upstream_error(r.status, content, r.headers)
+        status, content, headers = await self._post(
+            PATHS[request.task], body, self._headers_for(request)
+        )
+        if status != 200:
+            raise self._upstream_error(status, content, headers)
         try:
             return InferResponse(body=json.loads(content))
         except ValueError:
@@ -219,24 +212,29 @@ class OpenAIAdapter:
 
     async def lora_admin(self, path: str, body: Mapping[str, object]) -> tuple[int, str]:
         """POST vLLM's /v1/load_lora_adapter or /v1/unload_lora_adapter: (status, message)."""
-        client = self._client
-        try:
-            async with client.session.post(
-                client.url(path), json=dict(body), headers=self._headers
-            ) as r:
-                content = await r.read()
-        except TimeoutError:
-            raise BackendTimeout(self.name, client.timeout_s) from None
-        except aiohttp.ClientError as exc:
-            raise BackendUnavailable(self.name, _describe(exc)) from None
-        if r.status == 200:
+        status, content, _ = await self._post(path, dict(body), self._headers)
+        if status == 200:
             return 200, content.decode(errors="replace")
-        return r.status, _error_fields(content)[0]
+        return status, _error_fields(content)[0]
 
     async def aclose(self) -> None:
         await self._client.aclose()
         if self._health is not self._client:
             await self._health.aclose()
+
+    async def _post(
+        self, path: str, body: Any, headers: Mapping[str, str]
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """POST a JSON body: (status, body, headers); unreachable or slow is the backend's 503
+        or 504."""
+        client = self._client
+        try:
+            async with client.session.post(client.url(path), json=body, headers=headers) as r:
+                return r.status, await r.read(), r.headers
+        except TimeoutError:
+            raise BackendTimeout(self.name, client.timeout_s) from None
+        except aiohttp.ClientError as exc:
+            raise BackendUnavailable(self.name, _describe(exc)) from None
 
     def _upstream_error(
         self, status: int, content: bytes, headers: Mapping[str, str] | None = None
