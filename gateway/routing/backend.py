@@ -180,7 +180,10 @@ class Backend:
         if not self.pool.dynamic:
             return bool(self.pool.endpoints) and await self._healthy(self.adapter)
         await self.pool.watching()  # a discovered pool finds its endpoints before any request
-        return any(await asyncio.gather(*(self._healthy(e.adapter) for e in self.pool.live())))
+        live = self.pool.live()
+        # Each check is recorded on its endpoint, so a pool ready here takes requests at once
+        # (not at its watch's next round)
+        return any(await asyncio.gather(*(e.check() for e in live)))
 
     async def model_ready(self, model: str, version: str) -> bool:
         if self.open or not self.pool.endpoints:

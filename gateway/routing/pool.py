@@ -120,7 +120,8 @@ class Endpoint:
         self.inflight -= 1
         self._inflight.dec()
 
-    async def check(self) -> None:
+    async def check(self) -> bool:
+        """Ask its health now; two failures in a row make it unhealthy, one success healthy."""
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
                 ok = bool(await self.adapter.health())
@@ -129,6 +130,7 @@ class Endpoint:
         self.failed_checks = 0 if ok else self.failed_checks + 1
         if ok or self.failed_checks >= CHECKS_TO_FAIL or not self.healthy:
             self.healthy = ok
+        return ok
 
     async def read_load(self) -> None:
         read = getattr(self.adapter, "engine_metrics", None)
