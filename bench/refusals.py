@@ -94,16 +94,19 @@ async def measure(url: str, rate: float, seconds: float) -> tuple[list[float], d
         await asyncio.gather(*busy, return_exceptions=True)
 
 
-def server_refusals(bundle: ServerProcess) -> list[float]:
-    """`latency_ms` of the 503s on chat in the gateway's access log, in seconds."""
-    out = []
+def server_refusals(bundle: ServerProcess) -> tuple[list[float], list[float]]:
+    """From the gateway's access log, for the 503s on chat, in seconds: `latency_ms` (from the
+    request's headers in), and `latency_ms - body_ms` (from its body all in: the gateway's
+    own part, without the time the client took to send its body)."""
+    total, own = [], []
     for line in bundle.log_path.read_text(errors="replace").splitlines():
         if not line.startswith("{") or '"status":503' not in line:
             continue
         record = json.loads(line)
         if record.get("path") == "/v1/chat/completions":
-            out.append(record["latency_ms"] / 1000)
-    return out
+            total.append(record["latency_ms"] / 1000)
+            own.append((record["latency_ms"] - record.get("body_ms", 0.0)) / 1000)
+    return total, own
 
 
 def main() -> None:
@@ -121,23 +124,26 @@ def main() -> None:
         bundle = bundle_process(target=target, env={"BUNDLE_CONFIG": str(path)}).start()
         try:
             client, statuses = asyncio.run(measure(bundle.url, args.rate, args.seconds))
-            server = server_refusals(bundle)
+            server, own = server_refusals(bundle)
         finally:
             bundle.stop()
-        rows.append((nice, server, client, statuses))
+        rows.append((nice, server, own, client, statuses))
         print(f"  nice {nice}: {len(server)} refusals logged, statuses {statuses}", flush=True)
 
     print(f"\nRefusals while the engine is saturated: {args.rate:g}/s for {args.seconds:g} s, "
           "admission llm max_inflight 2, max_queue 2, four 900-token streams held; "
           "server = the access log's latency_ms\n")  # fmt: skip
-    print("| llm.nice | refusals | server p50 ms | p99 | p99.9 | max | client p99.9 ms | goal |")
-    print("|---|---|---|---|---|---|---|---|")
-    for nice, server, client, _ in rows:
-        p999 = percentile(server, 0.999) * 1000
+    print(
+        "| llm.nice | refusals | server p50 ms | p99 | p99.9 | max | after body p99 | p99.9 "
+        "| max | client p99.9 ms | goal (after body p99.9 < 100) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for nice, server, own, client, _ in rows:
+        ms = [f"{percentile(xs, q) * 1000:.1f}" for xs in (server, own) for q in (0.99, 0.999, 1)]
+        met = percentile(own, 0.999) < 0.1 and len(own) >= 2000
         print(f"| {nice} | {len(server)} | {statistics.median(server) * 1000:.1f} | "
-              f"{percentile(server, 0.99) * 1000:.1f} | {p999:.1f} | {max(server) * 1000:.1f} | "
-              f"{percentile(client, 0.999) * 1000:.1f} | "
-              f"{'met' if p999 < 100 and len(server) >= 2000 else 'not met'} |")  # fmt: skip
+              f"{' | '.join(ms)} | {percentile(client, 0.999) * 1000:.1f} | "
+              f"{'met' if met else 'not met'} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ class RequestContext:
     backend: str | None = None  # the backend that answered (after fallbacks)
     endpoint: str | None = None  # the endpoint (replica) of its pool that answered
     status: int = 0
+    body_read: float | None = None  # perf_counter when the request's body was all received
     first_byte: float | None = None  # perf_counter when the first body bytes went out
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

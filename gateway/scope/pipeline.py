@@ -221,7 +221,7 @@ class Pipeline:
                 ctx.first_byte = time.perf_counter()
             await send(message)
 
-        watch = ClientWatch(receive, lambda: started)
+        watch = ClientWatch(receive, lambda: started, ctx)
         try:
             async with call, watch:
                 await self.app(scope, watch.receive, send_stamped)
@@ -246,9 +246,12 @@ class ClientWatch:
     listen for one). A request whose answer has begun is left to its response, which stops
     streaming on the disconnect."""
 
-    def __init__(self, receive: Receive, answering: Callable[[], bool]) -> None:
+    def __init__(
+        self, receive: Receive, answering: Callable[[], bool], ctx: RequestContext | None = None
+    ) -> None:
         self._receive = receive
         self._answering = answering
+        self._ctx = ctx  # its body_read is stamped when the last body byte arrives
         self._body_read = asyncio.Event()
         self._gone = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -264,6 +267,8 @@ class ClientWatch:
             self._gone.set()
         elif not message.get("more_body", False):
             self._body_read.set()
+            if self._ctx is not None:
+                self._ctx.body_read = time.perf_counter()
         return message
 
     async def __aenter__(self) -> ClientWatch:
@@ -320,6 +325,8 @@ def finished(ctx: RequestContext, settings: Settings) -> None:
         "path": ctx.path,
         "status": status,
         "latency_ms": round((now - ctx.started) * 1000, 3),
+        # until the body was all in: the client's sending, not the gateway's work
+        **({"body_ms": round((ctx.body_read - ctx.started) * 1000, 3)} if ctx.body_read else {}),
         "worker": os.getpid(),
     }
     if ctx.prompt_tokens is not None or ctx.completion_tokens is not None:

@@ -280,6 +280,7 @@ def test_one_json_line_per_request_with_the_fields_to_trace_it(
     assert lines[0]["model"] == "tiny-llm" and lines[0]["backend"] == "llm"
     assert (lines[0]["prompt_tokens"], lines[0]["completion_tokens"]) == (7, 5)
     assert lines[0]["status"] == 200 and lines[0]["latency_ms"] > 0
+    assert 0 <= lines[0]["body_ms"] <= lines[0]["latency_ms"]  # the client's part of it
     assert lines[1]["status"] == 404 and lines[1]["path"] == "/v1/chat/completions"
     assert "ALICE" not in caplog.text
 
