@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from lifecycle import die_with_parent
 
@@ -125,6 +126,7 @@ class AdapterKeeper:
         self.every_s = every_s
         self.known: dict[str, str] = {}  # served name -> path
         self._restored = True
+        self._client: Any = None  # an httpx.Client, made in the thread that looks
 
     def restarted(self) -> None:
         self._restored = False
@@ -133,8 +135,10 @@ class AdapterKeeper:
         """One look at the engine (quietly nothing while it is down)."""
         import httpx
 
+        if self._client is None:  # one client: a new one per look costs an SSL context
+            self._client = httpx.Client(timeout=5)
         try:
-            models = httpx.get(f"{self.url}/v1/models", timeout=5).json()["data"]
+            models = self._client.get(f"{self.url}/v1/models").json()["data"]
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return
         resident = {m["id"]: str(m.get("root") or "") for m in models if m.get("parent")}

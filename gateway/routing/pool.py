@@ -16,7 +16,9 @@ adds a new address within one interval, and drops a gone one once its requests h
 A pool of one fixed endpoint (`url:`) runs no background work: it is today's one backend.
 A pool whose engines serve LoRA adapters (`on_adapters`) also reads each engine's /v1/models on
 every health check, one endpoint or many: the adapters found become models of the registry, and
-a request for one goes to an endpoint that holds it (pick.adapter_tier).
+a request for one goes to an endpoint that holds it (pick.adapter_tier). Load is read only where
+there is a pick to make (more than one endpoint, or discovered): an engine's /metrics is not free
+(tens of ms of its API server's time when it shares BentoML's multiprocess directory).
 """
 
 from __future__ import annotations
@@ -334,7 +336,8 @@ class Pool:
         if health and self.lora:
             await asyncio.gather(*(e.read_adapters() for e in live))
             self._report_adapters()
-        await asyncio.gather(*(e.read_load() for e in live))
+        if self.dynamic:  # load is for picking: one endpoint has none to make
+            await asyncio.gather(*(e.read_load() for e in live))
         await self._drop_idle_gone()
 
     async def aclose(self) -> None:

@@ -80,7 +80,7 @@ def routing_config(
     stable = {"kind": "triton", "timeout_s": 10}
     fast_breaker = {"failure_threshold": 3, "window_s": 30, "recovery_s": 3}
     engines = {"kind": "openai", "urls": [engine_url(config), vllm_url], "timeout_s": 120,
-               "retries": 2, "load_every_s": 0.5, "breaker": fast_breaker}  # fmt: skip
+               "retries": 2, "breaker": fast_breaker}  # fmt: skip
     config["routing"] = {
         "backends": {
             "triton-grpc": {**stable, "url": triton.grpc_url, "protocol": "grpc"},

@@ -50,12 +50,12 @@ def engine_load(url: str) -> float:
 
 def wait_until_idle(stack: RoutingStack, within_s: float = 120.0) -> None:
     """Until neither engine holds a request (an earlier test's stream may still be generating on
-    the bundle's engine), and the pool has read that (it reads loads every 0.5 s)."""
+    the bundle's engine), and the pool has read that (it reads loads every second)."""
     deadline = time.monotonic() + within_s
     while (loads := {w: engine_load(u) for w, u in engines(stack).items()}) and any(loads.values()):
         assert time.monotonic() < deadline, f"the engines stayed busy: {loads}"
         time.sleep(0.5)
-    time.sleep(1.5)
+    time.sleep(2.5)
 
 
 def chat(stack: RoutingStack, model: str, max_tokens: int = 4) -> httpx.Response:
