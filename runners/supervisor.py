@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from lifecycle import die_with_parent
@@ -61,19 +62,25 @@ class Supervisor:
         die_with_parent()
         if self.nice:
             os.nice(self.nice)
+            # Where the kernel groups CPU time by session (sched_autogroup_enabled, Debian's
+            # default), niceness orders processes only inside their session's group: the child
+            # leads a session of its own (run() starts it so) and its group takes the niceness.
+            with contextlib.suppress(OSError):
+                Path("/proc/self/autogroup").write_text(str(self.nice))
 
     def run(self) -> int:
         """Run until stopped (returns 0) or until the child crashes too often (returns its code)."""
         while not self._stopping.is_set():
-            # Its own process group: vLLM's API server forks an engine core and workers, which
-            # outlive a server that was killed (OOM, SIGKILL) and would hold the model's memory
-            # and cores while the restarted server loads another copy. The group takes them too.
+            # Its own session and process group: vLLM's API server forks an engine core and
+            # workers, which outlive a server that was killed (OOM, SIGKILL) and would hold the
+            # model's memory and cores while the restarted server loads another copy. The group
+            # takes them too.
             with self._lock:
                 if self._stopping.is_set():
                     return 0
                 self._child = subprocess.Popen(
-                    self.command, preexec_fn=self._in_child, process_group=0
-                )
+                    self.command, preexec_fn=self._in_child, start_new_session=True
+                )  # a session of its own is a process group of its own too
             code = self._child.wait()
             _kill_group(self._child.pid, signal.SIGKILL)  # what the dead child left behind
             if self._stopping.is_set():

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from runners.supervisor import Supervisor
 
 
@@ -135,6 +137,23 @@ def test_the_child_runs_at_the_niceness_it_was_given(tmp_path: Path) -> None:
     sup = Supervisor([sys.executable, "-c", script], max_restarts=0, nice=7)
     sup.run()
     assert int(out.read_text()) == os.nice(0) + 7
+
+
+def test_the_child_leads_its_own_session_whose_autogroup_takes_the_niceness(
+    tmp_path: Path,
+) -> None:
+    """Where CPU time is shared by session (sched autogroups), niceness orders processes only
+    within one session's group: the engine's group must be its own and carry the niceness."""
+    autogroup = Path("/proc/self/autogroup")
+    if not autogroup.exists():
+        pytest.skip("this kernel has no autogroups")
+    out = tmp_path / "session"
+    leads = "f'{os.getsid(0) == os.getpid()} '"
+    script = f"import os; open({str(out)!r}, 'w').write({leads} + open('{autogroup}').read())"
+    Supervisor([sys.executable, "-c", script], max_restarts=0, nice=7).run()
+    leads, group = out.read_text().split(" ", 1)
+    assert leads == "True" and group.split()[-1] == "7", group
+    assert group.split()[0] != autogroup.read_text().split()[0]  # not this test's group
 
 
 def test_adapters_loaded_at_run_time_are_loaded_again_after_a_restart() -> None:
