@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 import pytest
+import tritonclient.http as httpclient
 import yaml
 
 from tests.servers.bentoml_home import isolated_home
@@ -197,6 +198,17 @@ def bundle_url(request: pytest.FixtureRequest) -> str:
         return url.rstrip("/")
     stack: RoutingStack = request.getfixturevalue("routing_stack")
     return stack.url
+
+
+@pytest.fixture
+def gateway(routing_stack: RoutingStack) -> Iterator[httpclient.InferenceServerClient]:
+    """tritonclient over HTTP at the session bundle's /v2, as a Triton user would point it (the
+    KServe routing tests'; a module that calls its own client `gateway` defines its own)."""
+    client = httpclient.InferenceServerClient(
+        routing_stack.url.removeprefix("http://"), network_timeout=60
+    )
+    yield client
+    client.close()
 
 
 @pytest.fixture

@@ -35,13 +35,6 @@ def stack(routing_stack: RoutingStack) -> RoutingStack:
 
 
 @pytest.fixture
-def gateway(stack: RoutingStack) -> Iterator[httpclient.InferenceServerClient]:
-    client = httpclient.InferenceServerClient(stack.url.removeprefix("http://"), network_timeout=60)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def gateway_grpc(stack: RoutingStack) -> Iterator[grpcclient.InferenceServerClient]:
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{stack.config['gateway']['grpc_port']}")
     yield client

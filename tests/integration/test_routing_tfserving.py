@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -41,13 +40,6 @@ def model(name: str, fmt: str) -> str:
 @pytest.fixture(scope="module")
 def stack(routing_stack: RoutingStack) -> RoutingStack:
     return routing_stack
-
-
-@pytest.fixture
-def gateway(stack: RoutingStack) -> Iterator[httpclient.InferenceServerClient]:
-    client = httpclient.InferenceServerClient(stack.url.removeprefix("http://"), network_timeout=60)
-    yield client
-    client.close()
 
 
 def fp32(array: np.ndarray, name: str = "x") -> httpclient.InferInput:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +44,6 @@ def stack(routing_stack: RoutingStack) -> RoutingStack:
         "(in parallel with the routing stack's other servers)"
     )
     return routing_stack
-
-
-@pytest.fixture
-def gateway(stack: RoutingStack) -> Iterator[httpclient.InferenceServerClient]:
-    client = httpclient.InferenceServerClient(stack.url.removeprefix("http://"), network_timeout=60)
-    yield client
-    client.close()
 
 
 def classify(

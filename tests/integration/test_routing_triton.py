@@ -39,14 +39,6 @@ def stack(routing_stack: RoutingStack) -> RoutingStack:
 
 
 @pytest.fixture
-def gateway(stack: RoutingStack) -> Iterator[httpclient.InferenceServerClient]:
-    """tritonclient pointed at the bundle, as a Triton user would."""
-    client = httpclient.InferenceServerClient(stack.url.removeprefix("http://"), network_timeout=60)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def direct(stack: RoutingStack) -> Iterator[httpclient.InferenceServerClient]:
     client = httpclient.InferenceServerClient(stack.triton.http_url, network_timeout=60)
     yield client
