@@ -152,8 +152,12 @@ def test_the_child_leads_its_own_session_whose_autogroup_takes_the_niceness(
     script = f"import os; open({str(out)!r}, 'w').write({leads} + open('{autogroup}').read())"
     Supervisor([sys.executable, "-c", script], max_restarts=0, nice=7).run()
     leads, group = out.read_text().split(" ", 1)
+    if not group.strip():  # the kernel prints nothing for a task whose CPU group is a cgroup's
+        pytest.skip("this process's CPU share is set by a cgroup, not by an autogroup")
     assert leads == "True" and group.split()[-1] == "7", group
-    assert group.split()[0] != autogroup.read_text().split()[0]  # not this test's group
+    # Not this test's group. A process in the kernel's initial group reads an empty file.
+    ours = autogroup.read_text().split()
+    assert not ours or group.split()[0] != ours[0], (group, ours)
 
 
 def test_adapters_loaded_at_run_time_are_loaded_again_after_a_restart() -> None:
