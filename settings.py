@@ -135,10 +135,11 @@ class LLMSettings(_Section):
     # `priority`; with one class it is first come first served) or fcfs.
     scheduling_policy: Literal["priority", "fcfs"] = "priority"
     # Added to the engine processes' niceness (0-19), and to their session's autogroup's (the
-    # engine runs in a session of its own): on one host their busy-polling threads then yield
-    # the cores to the gateway, whose answers (refusals, other models) stay quick
-    # (bench.refusals, 2 cores, engine saturated, 2,000+ refusals: p99.9 2.2 s at 0, 13 ms at
-    # 10). Where the engine has its own cores (a pod of its own) it changes nothing.
+    # engine runs in a session of its own), once the engine answers /health (it starts at full
+    # speed): on one host its busy-polling threads then yield the cores to the gateway, whose
+    # answers (refusals, other models) stay quick (bench.refusals, 2 cores, engine saturated,
+    # 2,000+ refusals: p99.9 2.2 s at 0, 13 ms at 10). Where the engine has its own cores (a
+    # pod of its own) it changes nothing.
     nice: int = Field(10, ge=0, le=19)
     lora: LoraSettings | None = None
 

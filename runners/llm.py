@@ -150,9 +150,11 @@ class LLM:
         engine = engine_command(SETTINGS, self.model.path, served_name(SETTINGS), adapters)
         drain = get_settings().drain  # the worker drains for at most this long, then stops us
         wait_s = drain.timeout_s + 2 * drain.final_grace_s + 10
+        ready = f"http://127.0.0.1:{SETTINGS.port}/health"  # the niceness is taken from then on
         return [sys.executable, "-m", "runners.supervisor", "--drain-wait", f"{wait_s:g}",
                 "--stop-timeout", str(SETTINGS.shutdown_timeout_s + 10),
-                "--nice", str(SETTINGS.nice), *keep_adapters(SETTINGS), "--", *engine]  # fmt: skip
+                "--nice", str(SETTINGS.nice), "--ready-url", ready,
+                *keep_adapters(SETTINGS), "--", *engine]  # fmt: skip
 
     async def __is_alive__(self) -> bool:
         """Dead once the supervisor is gone (killed, or out of restarts): liveness turns false,

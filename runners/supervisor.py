@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,15 @@ class Supervisor:
         backoff_s: float = 1.0,
         stop_timeout_s: float = 30.0,
         nice: int = 0,
+        ready_url: str | None = None,
         adapters: AdapterKeeper | None = None,
     ) -> None:
         self.command = list(command)
         self.adapters = adapters  # run-time LoRA adapters, reloaded after a restart
         self.nice = nice  # added to the child's niceness: a lower CPU priority needs no privilege
+        # With a ready URL the niceness is taken once the child answers there: a (re)start runs
+        # at full speed (it serves nobody yet), then the child yields the cores.
+        self.ready_url = ready_url
         self.max_restarts = max_restarts
         self.restart_window_s = restart_window_s
         self.backoff_s = backoff_s
@@ -60,13 +65,26 @@ class Supervisor:
 
     def _in_child(self) -> None:
         die_with_parent()
-        if self.nice:
-            os.nice(self.nice)
-            # Where the kernel groups CPU time by session (sched_autogroup_enabled, Debian's
-            # default), niceness orders processes only inside their session's group: the child
-            # leads a session of its own (run() starts it so) and its group takes the niceness.
-            with contextlib.suppress(OSError):
-                Path("/proc/self/autogroup").write_text(str(self.nice))
+        if self.nice and self.ready_url is None:
+            lower_priority(os.getpid(), self.nice)
+
+    def _lower_once_ready(self, child: subprocess.Popen[bytes], url: str) -> None:
+        started = time.monotonic()
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no HTTP_PROXY
+        while not self._stopping.is_set() and child.poll() is None:
+            try:
+                with direct.open(url, timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:  # not listening yet, or not ready (urllib's HTTPError is one)
+                pass
+            self._stopping.wait(0.5)
+        else:
+            return
+        with contextlib.suppress(OSError):  # it may have died just now
+            lower_priority(child.pid, self.nice)
+            log.info("child ready after %.0f s: niceness +%d from now on",
+                     time.monotonic() - started, self.nice)  # fmt: skip
 
     def run(self) -> int:
         """Run until stopped (returns 0) or until the child crashes too often (returns its code)."""
@@ -81,6 +99,12 @@ class Supervisor:
                 self._child = subprocess.Popen(
                     self.command, preexec_fn=self._in_child, start_new_session=True
                 )  # a session of its own is a process group of its own too
+                if self.nice and self.ready_url is not None:
+                    threading.Thread(
+                        target=self._lower_once_ready,
+                        args=(self._child, self.ready_url),
+                        daemon=True,
+                    ).start()
             code = self._child.wait()
             _kill_group(self._child.pid, signal.SIGKILL)  # what the dead child left behind
             if self._stopping.is_set():
@@ -177,6 +201,17 @@ class AdapterKeeper:
             self.tick()
 
 
+def lower_priority(pgid: int, nice: int) -> None:
+    """Add `nice` to the niceness of every thread of process group `pgid` (the supervisor's own
+    niceness plus `nice`), and give the group leader's session autogroup that niceness: where the
+    kernel groups CPU time by session (sched_autogroup_enabled, Debian's default), niceness orders
+    processes only inside their session's group, so the child leads a session of its own (run()
+    starts it so) and that group yields too."""
+    os.setpriority(os.PRIO_PGRP, pgid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
+    with contextlib.suppress(OSError):  # no autogroups in this kernel, or a cgroup sets shares
+        Path(f"/proc/{pgid}/autogroup").write_text(str(nice))
+
+
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
     """Signal every process of the group, if any is left."""
     with contextlib.suppress(ProcessLookupError):
@@ -189,6 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--restart-window", type=float, default=300.0)
     parser.add_argument("--stop-timeout", type=float, default=30.0)
     parser.add_argument("--nice", type=int, default=0, help="the child's niceness increment")
+    parser.add_argument(
+        "--ready-url",
+        metavar="URL",
+        help="take --nice only once the child answers 200 here (it starts at full speed)",
+    )
     parser.add_argument(
         "--drain-wait",
         type=float,
@@ -213,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         restart_window_s=args.restart_window,
         stop_timeout_s=args.stop_timeout,
         nice=args.nice,
+        ready_url=args.ready_url,
         adapters=AdapterKeeper(args.keep_adapters) if args.keep_adapters else None,
     )
     if sup.adapters is not None:

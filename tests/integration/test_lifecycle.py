@@ -1,15 +1,16 @@
 """Lifecycle of a real bundle under real signals: SIGKILL of each process kind heals without a
-person; SIGTERM drains every request in flight and leaves nothing behind; a drain deadline shorter
-than a stream ends that stream with an error event.
+person (the vLLM server, its supervisor, the gateway and runner workers); SIGTERM drains every
+request in flight and leaves nothing behind; a drain deadline shorter than a stream ends that
+stream with an error event.
 
 These run on the session's bundle (the routing stack's) after every other test: they are marked
-`destructive`, which tests/conftest.py orders last, since the drain stops the bundle. (SIGKILL of
-the vLLM server itself is tests/integration/test_llm.py's engine-crash test.) Times to recovery
-are printed (`-s` shows them).
+`destructive`, which tests/conftest.py orders last, since the drain stops the bundle. Times to
+recovery are printed (`-s` shows them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -154,11 +155,10 @@ def time_to_recover(url: str, since: float | None = None) -> float:
 
 # -- self-healing --------------------------------------------------------------------------------
 
+# The vision worker is killed under load below; the supervisor with its engine in the test after.
 KILLS: list[tuple[str, Callable[[list[str]], bool]]] = [
-    ("vision worker", worker("vision")),
     ("speech worker", worker("speech")),
     ("gateway worker", worker("gateway")),
-    ("supervisor", supervisor),
 ]
 
 
@@ -183,12 +183,64 @@ def test_sigkill_of_each_process_kind_heals_without_a_person(
 
 def test_sigkill_of_the_vision_worker_under_load_loses_no_request(bundle: ServerProcess) -> None:
     """BentoML respawns the worker; the gateway retries calls that could not reach it."""
+    victim = find(bundle, worker("vision"))
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(classify, bundle.url, 120) for _ in range(200)]
         time.sleep(1.0)
-        find(bundle, worker("vision")).kill()
+        victim.kill()
+        killed = time.monotonic()
         statuses = [f.result().status_code for f in futures]
     assert statuses.count(200) == len(statuses), {s: statuses.count(s) for s in set(statuses)}
+    seconds = time_to_recover(bundle.url, since=killed)
+    print(f"\nSIGKILL vision worker under load: every modality answered again in {seconds:.1f} s")
+    assert find(bundle, worker("vision")).pid != victim.pid
+
+
+def engine(supervisor: psutil.Process) -> psutil.Process | None:
+    """The supervisor's vLLM server, if it has one now."""
+    for child in supervisor.children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "vllm.entrypoints.openai.api_server" in " ".join(child.cmdline()):
+                return child
+    return None
+
+
+def test_sigkill_of_the_engine_then_of_its_supervisor_heals_without_a_person(
+    bundle: ServerProcess,
+) -> None:
+    """Two kills, one engine start (each takes ~90 s here): the vLLM server killed is a quick 503
+    naming the backend, its engine processes go with it, and the supervisor starts another; the
+    supervisor killed while that one loads takes it along, and BentoML's restarted supervisor
+    brings the LLM back. (That a restarted engine serves is the same start as the first one; the
+    supervisor's restart policy is tests/runners/test_supervisor.py's.)"""
+    assert answers_every_modality(bundle.url)
+    keeper = find(bundle, supervisor)
+    server = engine(keeper)
+    assert server is not None, "the supervisor runs no vLLM server"
+    forked = server.children(recursive=True)  # vLLM's engine core and its workers
+    assert forked, "expected the server to have forked its engine processes"
+    server.kill()
+    server.wait(10)
+    started = time.monotonic()
+    refused = chat(bundle.url, timeout=10)
+    assert refused.status_code == 503, refused.text
+    assert "'llm'" in refused.json()["error"]["message"], refused.text  # names the backend
+    assert time.monotonic() - started < 5, "a down engine must fail fast, not hang"
+    _, alive = psutil.wait_procs(forked, timeout=10)
+    assert not alive, f"the killed server's engine processes outlived it: {alive}"
+
+    deadline = time.monotonic() + 30
+    while (restarted := engine(keeper)) is None or restarted.pid == server.pid:
+        assert time.monotonic() < deadline, "the supervisor started no new engine within 30 s"
+        time.sleep(0.2)
+    loading = keeper.children(recursive=True)
+    keeper.kill()
+    killed = time.monotonic()
+    _, alive = psutil.wait_procs(loading, timeout=30)
+    assert not alive, f"what the killed supervisor had started outlived it: {alive}"
+    seconds = time_to_recover(bundle.url, since=killed)
+    print(f"\nSIGKILL supervisor (pid {keeper.pid}): all answered again in {seconds:.1f} s")
+    assert find(bundle, supervisor).pid != keeper.pid
 
 
 # -- drain ---------------------------------------------------------------------------------------

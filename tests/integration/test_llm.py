@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import re
 import time
 from typing import Any
@@ -430,48 +429,3 @@ def test_one_model_is_retrieved_by_id(client: openai.OpenAI) -> None:
     assert model.id == MODEL and (model.model_extra or {})["kind"] == "llm"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
-
-
-def engine_process(port: int) -> psutil.Process:
-    """The bundled vLLM server on `port`: the child of the LLM runner's supervisor."""
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "vllm.entrypoints.openai.api_server" in cmdline and f"--port {port} " in cmdline:
-            parent = proc.parent()
-            if parent and "runners.supervisor" in " ".join(parent.cmdline()):
-                return proc
-    raise LookupError("no supervised vLLM process found")
-
-
-def test_engine_crash_is_503_naming_the_backend_then_it_is_restarted(
-    client: openai.OpenAI, request: pytest.FixtureRequest
-) -> None:
-    """Runs last in this module: it kills the engine and waits for the supervisor's restart."""
-    if os.environ.get("BUNDLE_URL"):
-        pytest.skip("kills the engine: only against the bundle this session started")
-    port = request.getfixturevalue("routing_stack").config["llm"]["port"]
-    engine = engine_process(port)
-    forked = engine.children(recursive=True)  # vLLM's engine core and its workers
-    assert forked, "expected the server to have forked its engine processes"
-    engine.kill()
-    engine.wait(10)
-    started = time.monotonic()
-    with pytest.raises(openai.APIStatusError) as exc:
-        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
-    assert exc.value.status_code == 503 and "'llm'" in exc.value.message
-    assert time.monotonic() - started < 5, "a down engine must fail fast, not hang"
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
-            break
-        except openai.APIStatusError as err:
-            assert err.status_code == 503
-            time.sleep(2)
-    else:
-        pytest.fail("the engine did not come back within 300 s")
-    assert r.model == MODEL and r.choices[0].finish_reason in ("length", "stop")
-    assert engine_process(port).pid != engine.pid
-    _, alive = psutil.wait_procs(forked, timeout=10)
-    assert not alive, f"the killed server's engine processes outlived it: {alive}"

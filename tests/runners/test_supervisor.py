@@ -160,6 +160,68 @@ def test_the_child_leads_its_own_session_whose_autogroup_takes_the_niceness(
     assert not ours or group.split()[0] != ours[0], (group, ours)
 
 
+def test_with_a_ready_url_the_child_starts_at_full_speed_and_yields_once_ready(
+    tmp_path: Path,
+) -> None:
+    """A (re)start serves nobody yet: the niceness, of every thread of the child's process
+    group and of its autogroup, is taken once the ready URL answers 200."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    ready = threading.Event()
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if ready.is_set() else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out, stop = tmp_path / "nice", tmp_path / "stop"
+    # The child forks a grandchild (an engine core), which reports its own niceness too.
+    script = (
+        "import os, sys, time\n"
+        "role = 'core' if os.fork() == 0 else 'server'\n"
+        f"while not os.path.exists({str(stop)!r}):\n"
+        f"    open({str(out)!r} + role + '.new', 'w').write(str(os.nice(0)))\n"
+        f"    os.replace({str(out)!r} + role + '.new', {str(out)!r} + role)\n"
+        "    time.sleep(0.05)\n"
+    )
+    url = f"http://127.0.0.1:{server.server_address[1]}/health"
+    sup = Supervisor([sys.executable, "-c", script], max_restarts=0, nice=7, ready_url=url)
+    runner = threading.Thread(target=sup.run, daemon=True)
+    runner.start()
+    base = os.nice(0)
+    try:
+        for role in ("server", "core"):
+            assert wait_for_text(Path(f"{out}{role}")) == str(base), role  # full speed
+        time.sleep(1.2)  # two looks at the URL
+        assert [Path(f"{out}{role}").read_text() for role in ("server", "core")] == [str(base)] * 2
+        ready.set()
+        deadline = time.monotonic() + 10
+        while any(Path(f"{out}{r}").read_text() != str(base + 7) for r in ("server", "core")):
+            assert time.monotonic() < deadline, "the child did not take its niceness once ready"
+            time.sleep(0.05)
+        group = Path(f"/proc/{sup._child.pid}/autogroup")  # type: ignore[union-attr]
+        if group.exists() and group.read_text().strip():
+            assert group.read_text().split()[-1] == "7"
+    finally:
+        stop.touch()
+        sup.stop()
+        runner.join(10)
+        server.shutdown()
+
+
+def wait_for_text(path: Path, timeout_s: float = 10) -> str:
+    deadline = time.monotonic() + timeout_s
+    while not (path.exists() and path.read_text()):
+        assert time.monotonic() < deadline, f"nothing written to {path}"
+        time.sleep(0.05)
+    return path.read_text()
+
+
 def test_adapters_loaded_at_run_time_are_loaded_again_after_a_restart() -> None:
     import httpx
     import respx
