@@ -167,7 +167,14 @@ def test_sigkill_of_each_process_kind_heals_without_a_person(
     bundle: ServerProcess, kind: str, match: Callable[[list[str]], bool]
 ) -> None:
     assert answers_every_modality(bundle.url)
-    victim = find(bundle, match)
+    kill_and_heal(bundle, kind, match, find(bundle, match))
+
+
+def kill_and_heal(
+    bundle: ServerProcess, kind: str, match: Callable[[list[str]], bool], victim: psutil.Process
+) -> None:
+    """SIGKILL `victim`: what it started goes with it, every modality answers again, and a new
+    process matching `match` has replaced it."""
     forked = victim.children(recursive=True)
     victim.kill()
     killed = time.monotonic()
@@ -233,14 +240,7 @@ def test_sigkill_of_the_engine_then_of_its_supervisor_heals_without_a_person(
     while (restarted := engine(keeper)) is None or restarted.pid == server.pid:
         assert time.monotonic() < deadline, "the supervisor started no new engine within 30 s"
         time.sleep(0.2)
-    loading = keeper.children(recursive=True)
-    keeper.kill()
-    killed = time.monotonic()
-    _, alive = psutil.wait_procs(loading, timeout=30)
-    assert not alive, f"what the killed supervisor had started outlived it: {alive}"
-    seconds = time_to_recover(bundle.url, since=killed)
-    print(f"\nSIGKILL supervisor (pid {keeper.pid}): all answered again in {seconds:.1f} s")
-    assert find(bundle, supervisor).pid != keeper.pid
+    kill_and_heal(bundle, "supervisor", supervisor, keeper)
 
 
 # -- drain ---------------------------------------------------------------------------------------
